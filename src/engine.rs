@@ -1,0 +1,495 @@
+//! What a round does: fan-out to every targeted department, escalation
+//! steps, finalisation. `tick` is public so tests drive it with a manual
+//! clock; the daemon calls it in a thin loop.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
+use rand::seq::SliceRandom;
+
+use crate::clock::SharedClock;
+use crate::config::SenderMode;
+use crate::domain::codes::{AckCode, LinkToken};
+use crate::domain::contacts::{Contact, Department, Roster};
+use crate::domain::render::{Alert, Payload};
+use crate::domain::schedule::{Schedule, Targets};
+use crate::domain::{ChannelKind, Lang};
+use crate::store::{
+    Clockwork, NewMessage, NewNotification, NewOutcome, RoundRow, Store, StoreError,
+};
+
+/// Links stay usable this long after the deadline, so a late ack is still
+/// recorded (as `ack_after_deadline_at`).
+pub const TOKEN_LIFETIME_AFTER_DEADLINE: TimeDelta = TimeDelta::hours(24);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("exercise `{0}` not found")]
+    NoExercise(String),
+    #[error("stored schedule of exercise `{0}` cannot be read: {1}")]
+    BadSchedule(String, String),
+    #[error("unknown department(s) {0}")]
+    UnknownDepartments(String),
+    #[error("could not draw unique ack codes after several tries")]
+    CodeSpace,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub public_url: String,
+    pub sms_mode: SenderMode,
+}
+
+/// What one tick did, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TickReport {
+    pub rounds_fired: Vec<String>,
+    pub steps_sent: usize,
+    pub finalised: u64,
+}
+
+pub struct Engine {
+    store: Store,
+    clock: SharedClock,
+    settings: EngineSettings,
+    rng: Mutex<ChaCha8Rng>,
+}
+
+impl Engine {
+    pub fn new(store: Store, clock: SharedClock, settings: EngineSettings) -> Self {
+        let mut seed = [0u8; 32];
+        rand::fill(&mut seed);
+        Engine {
+            store,
+            clock,
+            settings,
+            rng: Mutex::new(ChaCha8Rng::from_seed(seed)),
+        }
+    }
+
+    /// Codes and tokens from a seeded generator, for reproducible simulations.
+    pub fn with_seed(
+        store: Store,
+        clock: SharedClock,
+        settings: EngineSettings,
+        seed: u64,
+    ) -> Self {
+        Engine {
+            store,
+            clock,
+            settings,
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    async fn schedule_of(&self, exercise: &str) -> Result<Schedule, EngineError> {
+        let row = self
+            .store
+            .exercise(exercise)
+            .await?
+            .ok_or_else(|| EngineError::NoExercise(exercise.to_owned()))?;
+        serde_json::from_str(&row.schedule_json)
+            .map_err(|e| EngineError::BadSchedule(exercise.to_owned(), e.to_string()))
+    }
+
+    /// One pass: fire due rounds, send due escalation steps, finalise.
+    #[tracing::instrument(name = "engine.tick", skip(self))]
+    pub async fn tick(&self) -> Result<TickReport, EngineError> {
+        let mut report = TickReport::default();
+        for round in self.store.due_rounds(self.now()).await? {
+            if self.fire(&round, None).await? {
+                report
+                    .rounds_fired
+                    .push(format!("{}/{}", round.exercise_id, round.label));
+            }
+        }
+        report.steps_sent = self.escalate().await?;
+        report.finalised = self.store.finalise_due(self.now()).await?;
+        Ok(report)
+    }
+
+    /// The next instant the engine has something to do, if any.
+    pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, EngineError> {
+        let mut next: Vec<DateTime<Utc>> = Vec::new();
+        next.extend(self.store.next_planned_round_at().await?);
+        next.extend(self.store.next_final_at().await?);
+        next.extend(self.next_step_at().await?);
+        Ok(next.into_iter().min())
+    }
+
+    /// Fans a round out at T0 = now. `departments` narrows the targets (an
+    /// ad-hoc round for some departments). Returns false if it had fired.
+    #[tracing::instrument(name = "engine.round", skip(self, round), fields(exercise.id = %round.exercise_id, round = %round.label))]
+    pub async fn fire(
+        &self,
+        round: &RoundRow,
+        departments: Option<&[String]>,
+    ) -> Result<bool, EngineError> {
+        let schedule = self.schedule_of(&round.exercise_id).await?;
+        let version = self.store.latest_roster_version().await?.ok_or_else(|| {
+            EngineError::Store(StoreError::NotFound(
+                "roster (run `rollcall contacts load`)".into(),
+            ))
+        })?;
+        let roster = self.store.roster(version).await?;
+        let targets = self.targets(&schedule, &roster, departments, &round.label)?;
+        let now = self.now();
+        let clock = Clockwork {
+            fired_at: now,
+            target_at: now + schedule.ack.target(),
+            deadline_at: now + schedule.ack.deadline(),
+            final_at: now + schedule.ack.deadline() + schedule.ack.settle(),
+        };
+        for _attempt in 0..5 {
+            let notifications: Vec<NewNotification> = targets
+                .iter()
+                .map(|dept| NewNotification {
+                    department: dept.code.to_string(),
+                    outcomes: self.outcomes_for_step(
+                        &schedule,
+                        dept,
+                        0,
+                        &round.label,
+                        clock,
+                        &HashSet::new(),
+                    ),
+                })
+                .collect();
+            match self
+                .store
+                .fire_round(round.id, version, clock, &notifications)
+                .await
+            {
+                Ok(fired) => {
+                    if fired {
+                        let codes: Vec<&str> = notifications
+                            .iter()
+                            .map(|n| n.department.as_str())
+                            .collect();
+                        self.store
+                            .event(now, "round.fired", Some(&round.exercise_id), serde_json::json!({
+                                "round": round.label,
+                                "planned_at": round.planned_at,
+                                "lateness_ms": (now.timestamp_millis() - round.planned_at).max(0),
+                                "departments": codes,
+                                "roster_version": version,
+                            }))
+                            .await?;
+                        tracing::info!(departments = notifications.len(), "round fired");
+                    }
+                    return Ok(fired);
+                }
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(EngineError::CodeSpace)
+    }
+
+    fn targets<'r>(
+        &self,
+        schedule: &Schedule,
+        roster: &'r Roster,
+        only: Option<&[String]>,
+        round_label: &str,
+    ) -> Result<Vec<&'r Department>, EngineError> {
+        if let Some(only) = only {
+            let unknown: Vec<&str> = only
+                .iter()
+                .filter(|c| roster.department(c).is_none())
+                .map(String::as_str)
+                .collect();
+            if !unknown.is_empty() {
+                return Err(EngineError::UnknownDepartments(unknown.join(", ")));
+            }
+            return Ok(roster
+                .departments
+                .iter()
+                .filter(|d| only.iter().any(|c| c == d.code.as_str()))
+                .collect());
+        }
+        let control: HashSet<&str> = schedule.control.iter().map(|c| c.as_str()).collect();
+        // The controllers' own department is not a player.
+        let players = roster
+            .departments
+            .iter()
+            .filter(|d| !d.contacts.iter().all(|c| control.contains(c.id.as_str())));
+        Ok(match &schedule.targets {
+            Targets::All => players.collect(),
+            Targets::List(codes) => players.filter(|d| codes.contains(&d.code)).collect(),
+            Targets::Sample(n) => {
+                let mut all: Vec<&Department> = players.collect();
+                // A fresh sample per round, reproducible from the exercise and round.
+                let seed = crate::domain::codes::sha256_hex(
+                    format!("{}/{round_label}", schedule.id).as_bytes(),
+                );
+                let seed = u64::from_str_radix(&seed[..16], 16).unwrap_or(0);
+                all.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+                all.truncate(*n as usize);
+                all.sort_by(|a, b| a.code.cmp(&b.code));
+                all
+            }
+        })
+    }
+
+    /// New outcomes (contacts with codes, tokens and messages) for one step.
+    fn outcomes_for_step(
+        &self,
+        schedule: &Schedule,
+        dept: &Department,
+        step_index: usize,
+        round_label: &str,
+        clock: Clockwork,
+        already: &HashSet<String>,
+    ) -> Vec<NewOutcome> {
+        let Some(step) = schedule.escalation.get(step_index) else {
+            return Vec::new();
+        };
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        dept.contacts
+            .iter()
+            .filter(|c| step.notify.contains(&c.role) && !already.contains(c.id.as_str()))
+            .map(|contact| {
+                let code = AckCode::generate(&mut *rng);
+                let token = LinkToken::generate(&mut *rng);
+                let messages = self.messages_for(
+                    schedule,
+                    dept,
+                    contact,
+                    &step.via,
+                    round_label,
+                    &code,
+                    &token,
+                    clock,
+                );
+                NewOutcome {
+                    contact_id: contact.id.to_string(),
+                    role: contact.role.as_str().to_owned(),
+                    code: code.to_string(),
+                    token_digest: token.digest(),
+                    token_expires_at: clock.deadline_at + TOKEN_LIFETIME_AFTER_DEADLINE,
+                    step: step_index as i64 + 1,
+                    messages,
+                }
+            })
+            .collect()
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "everything a message says")]
+    fn messages_for(
+        &self,
+        schedule: &Schedule,
+        dept: &Department,
+        contact: &Contact,
+        via: &[ChannelKind],
+        round_label: &str,
+        code: &AckCode,
+        token: &LinkToken,
+        clock: Clockwork,
+    ) -> Vec<NewMessage> {
+        let ack_url = format!("{}/a/{}", self.settings.public_url, token.as_str());
+        let alert = Alert {
+            marker: &schedule.marker,
+            lang: contact.lang,
+            exercise_title: &schedule.title,
+            round: round_label,
+            department: dept.code.as_str(),
+            code: code.as_str(),
+            ack_url: &ack_url,
+            deadline_at: clock.deadline_at,
+            tz: schedule.tz(),
+            sms_two_way: self.settings.sms_mode == SenderMode::TwoWay,
+        };
+        let mut out = Vec::new();
+        for channel in via {
+            let (address, payload) = match channel {
+                ChannelKind::Sms => match &contact.sms {
+                    Some(p) => (
+                        p.as_str().to_owned(),
+                        Payload::Sms {
+                            to: p.as_str().to_owned(),
+                            text: alert.sms(),
+                            deadline_at: clock.deadline_at,
+                        },
+                    ),
+                    None => continue,
+                },
+                ChannelKind::Email => match &contact.email {
+                    Some(e) => (
+                        e.as_str().to_owned(),
+                        Payload::Email {
+                            to: e.as_str().to_owned(),
+                            subject: alert.email_subject(),
+                            text: alert.email_body(),
+                        },
+                    ),
+                    None => continue,
+                },
+                ChannelKind::Webhook => match &contact.webhook {
+                    Some(w) => (
+                        w.url.clone(),
+                        Payload::Webhook {
+                            url: w.url.clone(),
+                            secret_env: w.secret_env.clone(),
+                            body: serde_json::json!({
+                                "schema": 1,
+                                "exercise": schedule.id,
+                                "round": round_label,
+                                "department": dept.code,
+                                "notification": format!("{}/{}/{}", schedule.id, round_label, dept.code),
+                                "token": token.as_str(),
+                                "code": code.as_str(),
+                                "ack_url": ack_url,
+                                "deadline": clock.deadline_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                                "drill": true,
+                                "text": alert.webhook_text(),
+                                "lang": match contact.lang { Lang::En => "en", Lang::Zh => "zh" },
+                            }),
+                        },
+                    ),
+                    None => continue,
+                },
+            };
+            out.push(NewMessage {
+                channel: channel.as_str().to_owned(),
+                address,
+                payload: serde_json::to_string(&payload).unwrap_or_default(),
+                state: "pending",
+                expires_at: clock.deadline_at,
+            });
+        }
+        out
+    }
+
+    async fn next_step_at(&self) -> Result<Option<DateTime<Utc>>, EngineError> {
+        let mut next = None;
+        let mut schedules: Vec<(String, Schedule)> = Vec::new();
+        for n in self.store.open_notifications().await? {
+            if n.acked_at.is_some() {
+                continue;
+            }
+            if !schedules.iter().any(|(id, _)| *id == n.exercise_id) {
+                schedules.push((
+                    n.exercise_id.clone(),
+                    self.schedule_of(&n.exercise_id).await?,
+                ));
+            }
+            let Some((_, s)) = schedules.iter().find(|(id, _)| *id == n.exercise_id) else {
+                continue;
+            };
+            if let Some(step) = s.escalation.get(n.step as usize) {
+                let at = crate::store::from_ms(n.fired_at) + TimeDelta::seconds(step.after_secs);
+                if at < crate::store::from_ms(n.fired_at) + s.ack.deadline() {
+                    next = Some(next.map_or(at, |x: DateTime<Utc>| x.min(at)));
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    /// Sends every escalation step that is due for an unacknowledged notification.
+    async fn escalate(&self) -> Result<usize, EngineError> {
+        let now = self.now();
+        let mut sent = 0;
+        let mut cache: Vec<(String, Schedule)> = Vec::new();
+        let mut rosters: Vec<(i64, Roster)> = Vec::new();
+        for n in self.store.open_notifications().await? {
+            if n.acked_at.is_some() {
+                continue;
+            }
+            if !cache.iter().any(|(id, _)| *id == n.exercise_id) {
+                cache.push((
+                    n.exercise_id.clone(),
+                    self.schedule_of(&n.exercise_id).await?,
+                ));
+            }
+            let Some((_, schedule)) = cache.iter().find(|(id, _)| *id == n.exercise_id) else {
+                continue;
+            };
+            let fired_at = crate::store::from_ms(n.fired_at);
+            let deadline_at = fired_at + schedule.ack.deadline();
+            // Steps are numbered from 1; `n.step` is the last one sent.
+            let mut step_index = n.step as usize;
+            while let Some(step) = schedule.escalation.get(step_index) {
+                let due = fired_at + TimeDelta::seconds(step.after_secs);
+                if due > now || due >= deadline_at {
+                    break;
+                }
+                if !rosters.iter().any(|(v, _)| *v == n.roster_version) {
+                    rosters.push((n.roster_version, self.store.roster(n.roster_version).await?));
+                }
+                let Some((_, roster)) = rosters.iter().find(|(v, _)| *v == n.roster_version) else {
+                    break;
+                };
+                let Some(dept) = roster.department(&n.department) else {
+                    break;
+                };
+                let already: HashSet<String> = self
+                    .store
+                    .notified_contacts(n.id)
+                    .await?
+                    .into_iter()
+                    .collect();
+                let clock = Clockwork {
+                    fired_at,
+                    target_at: fired_at + schedule.ack.target(),
+                    deadline_at,
+                    final_at: deadline_at + schedule.ack.settle(),
+                };
+                let mut done = false;
+                for _attempt in 0..5 {
+                    let outcomes = self.outcomes_for_step(
+                        schedule,
+                        dept,
+                        step_index,
+                        &n.round_label,
+                        clock,
+                        &already,
+                    );
+                    match self
+                        .store
+                        .add_step(
+                            n.id,
+                            step_index as i64 + 1,
+                            n.roster_version,
+                            &outcomes,
+                            now,
+                        )
+                        .await
+                    {
+                        Ok(_) => {
+                            done = true;
+                            break;
+                        }
+                        Err(StoreError::Conflict(_)) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if !done {
+                    return Err(EngineError::CodeSpace);
+                }
+                self.store
+                    .event(now, "notification.escalated", Some(&n.exercise_id), serde_json::json!({
+                        "round": n.round_label, "department": n.department, "step": step_index + 1,
+                    }))
+                    .await?;
+                sent += 1;
+                step_index += 1;
+            }
+        }
+        Ok(sent)
+    }
+}

@@ -1,0 +1,9 @@
+pub mod ack;
+pub mod channel;
+pub mod clock;
+pub mod config;
+pub mod dispatch;
+pub mod domain;
+pub mod engine;
+pub mod store;
+pub mod yaml;

@@ -1,0 +1,222 @@
+//! Exercises and their rounds.
+
+use chrono::{DateTime, Utc};
+
+use super::{ExerciseRow, NewRound, Result, RoundRow, Store, StoreError, WritePool, from_ms, ms};
+use crate::domain::codes::sha256_hex;
+
+/// What `exercise load` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadResult {
+    Created,
+    Unchanged,
+    Replaced,
+}
+
+const EXERCISE_COLUMNS: &str = "id, title, schedule_json, schedule_digest, roster_version, state, loaded_at, started_at, authorised_by, ended_at";
+const ROUND_COLUMNS: &str = "id, exercise_id, label, slot, planned_at, fired_at, closed_at, state, state_reason, roster_version, departments";
+
+impl Store {
+    /// Stores an exercise and its planned rounds. Loading the same file again
+    /// changes nothing; a changed file replaces a plan that has not started,
+    /// and is refused once the exercise has started.
+    pub async fn save_exercise(
+        &self,
+        id: &str,
+        title: &str,
+        schedule_json: &str,
+        roster_version: i64,
+        rounds: &[NewRound],
+        now: DateTime<Utc>,
+    ) -> Result<LoadResult> {
+        let digest = sha256_hex(schedule_json.as_bytes());
+        let existing = self.exercise(id).await?;
+        let result = match &existing {
+            Some(e) if e.schedule_digest == digest => return Ok(LoadResult::Unchanged),
+            Some(e) if e.state != "loaded" => {
+                return Err(StoreError::Conflict(format!(
+                    "exercise `{id}` has started ({}); its plan cannot change. Load the changed file under a new exercise id",
+                    e.state
+                )));
+            }
+            Some(_) => LoadResult::Replaced,
+            None => LoadResult::Created,
+        };
+        on_db!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            if result == LoadResult::Replaced {
+                sqlx::query("DELETE FROM rounds WHERE exercise_id = $1 AND state = 'planned'")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE exercises SET title = $1, schedule_json = $2, schedule_digest = $3, roster_version = $4, loaded_at = $5 WHERE id = $6")
+                    .bind(title).bind(schedule_json).bind(&digest).bind(roster_version).bind(ms(now)).bind(id)
+                    .execute(&mut *tx).await?;
+            } else {
+                sqlx::query("INSERT INTO exercises (id, title, schedule_json, schedule_digest, roster_version, state, loaded_at) VALUES ($1, $2, $3, $4, $5, 'loaded', $6)")
+                    .bind(id).bind(title).bind(schedule_json).bind(&digest).bind(roster_version).bind(ms(now))
+                    .execute(&mut *tx).await?;
+            }
+            for r in rounds {
+                sqlx::query("INSERT INTO rounds (exercise_id, label, slot, planned_at, state) VALUES ($1, $2, $3, $4, 'planned')")
+                    .bind(id).bind(&r.label).bind(&r.slot).bind(ms(r.planned_at))
+                    .execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(())
+        })?;
+        self.event(now, "exercise.loaded", Some(id), serde_json::json!({"digest": digest, "rounds": rounds.len(), "roster_version": roster_version})).await?;
+        Ok(result)
+    }
+
+    pub async fn exercise(&self, id: &str) -> Result<Option<ExerciseRow>> {
+        let q = format!("SELECT {EXERCISE_COLUMNS} FROM exercises WHERE id = $1");
+        Ok(on_db!(self, |p| sqlx::query_as(sqlx::AssertSqlSafe(q))
+            .bind(id)
+            .fetch_optional(p)
+            .await)?)
+    }
+
+    pub async fn exercises(&self) -> Result<Vec<ExerciseRow>> {
+        let q = format!("SELECT {EXERCISE_COLUMNS} FROM exercises ORDER BY loaded_at, id");
+        Ok(on_db!(self, |p| sqlx::query_as(sqlx::AssertSqlSafe(q))
+            .fetch_all(p)
+            .await)?)
+    }
+
+    /// Moves an exercise between `loaded`, `running`, `paused` and `ended`.
+    /// Returns false when the exercise was not in one of `from`.
+    pub async fn set_exercise_state(
+        &self,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        now: DateTime<Utc>,
+        authorised_by: Option<&str>,
+    ) -> Result<bool> {
+        let Some(current) = self.exercise(id).await? else {
+            return Err(StoreError::NotFound(format!("exercise `{id}`")));
+        };
+        if !from.contains(&current.state.as_str()) {
+            return Ok(false);
+        }
+        const Q: &str = "UPDATE exercises SET state = $1, \
+             started_at = CASE WHEN $1 = 'running' AND started_at IS NULL THEN $2 ELSE started_at END, \
+             ended_at = CASE WHEN $1 = 'ended' THEN $2 ELSE ended_at END, \
+             authorised_by = COALESCE($3, authorised_by) \
+             WHERE id = $4 AND state = $5";
+        let done = on_db!(self, |p| sqlx::query(Q)
+            .bind(to)
+            .bind(ms(now))
+            .bind(authorised_by)
+            .bind(id)
+            .bind(&current.state)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        if done == 1 {
+            self.event(
+                now,
+                &format!("exercise.{to}"),
+                Some(id),
+                serde_json::json!({"from": current.state, "authorised_by": authorised_by}),
+            )
+            .await?;
+        }
+        Ok(done == 1)
+    }
+
+    pub async fn rounds(&self, exercise: &str) -> Result<Vec<RoundRow>> {
+        let q = format!(
+            "SELECT {ROUND_COLUMNS} FROM rounds WHERE exercise_id = $1 ORDER BY planned_at, id"
+        );
+        Ok(on_db!(self, |p| sqlx::query_as(sqlx::AssertSqlSafe(q))
+            .bind(exercise)
+            .fetch_all(p)
+            .await)?)
+    }
+
+    /// Planned rounds of running exercises that are due at `now`.
+    pub async fn due_rounds(&self, now: DateTime<Utc>) -> Result<Vec<RoundRow>> {
+        let q = format!(
+            "SELECT {} FROM rounds r JOIN exercises e ON e.id = r.exercise_id \
+             WHERE e.state = 'running' AND r.state IN ('planned', 'queued') AND r.planned_at <= $1 \
+             ORDER BY r.planned_at, r.id",
+            ROUND_COLUMNS
+                .split(", ")
+                .map(|c| format!("r.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(on_db!(self, |p| sqlx::query_as(sqlx::AssertSqlSafe(q))
+            .bind(ms(now))
+            .fetch_all(p)
+            .await)?)
+    }
+
+    /// The instant of the next planned round of a running exercise.
+    pub async fn next_planned_round_at(&self) -> Result<Option<DateTime<Utc>>> {
+        const Q: &str = "SELECT MIN(r.planned_at) FROM rounds r JOIN exercises e ON e.id = r.exercise_id \
+             WHERE e.state = 'running' AND r.state IN ('planned', 'queued')";
+        let v: Option<i64> = on_db!(self, |p| sqlx::query_scalar(Q).fetch_one(p).await)?;
+        Ok(v.map(from_ms))
+    }
+
+    /// Inserts an ad-hoc round (`A01`, `A02`, ...) to be fanned out now.
+    pub async fn insert_adhoc_round(
+        &self,
+        exercise: &str,
+        now: DateTime<Utc>,
+        queued: bool,
+    ) -> Result<RoundRow> {
+        let state = if queued { "queued" } else { "planned" };
+        on_db!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM rounds WHERE exercise_id = $1 AND label LIKE 'A%'",
+            )
+            .bind(exercise)
+            .fetch_one(&mut *tx)
+            .await?;
+            let label = format!("A{:02}", n + 1);
+            let slot = format!("adhoc{}@{}", n + 1, now.timestamp());
+            let id: i64 = sqlx::query_scalar("INSERT INTO rounds (exercise_id, label, slot, planned_at, state) VALUES ($1, $2, $3, $4, $5) RETURNING id")
+                .bind(exercise).bind(&label).bind(&slot).bind(ms(now)).bind(state)
+                .fetch_one(&mut *tx).await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(RoundRow {
+                id,
+                exercise_id: exercise.to_owned(),
+                label,
+                slot,
+                planned_at: ms(now),
+                fired_at: None,
+                closed_at: None,
+                state: state.to_owned(),
+                state_reason: None,
+                roster_version: None,
+                departments: None,
+            })
+        })
+    }
+
+    /// Marks a planned round skipped (missed beyond grace, or endex).
+    pub async fn skip_round(
+        &self,
+        round_id: i64,
+        state: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        const Q: &str = "UPDATE rounds SET state = $1, state_reason = $2, closed_at = $3 WHERE id = $4 AND state IN ('planned', 'queued')";
+        let done = on_db!(self, |p| sqlx::query(Q)
+            .bind(state)
+            .bind(reason)
+            .bind(ms(now))
+            .bind(round_id)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(done == 1)
+    }
+}

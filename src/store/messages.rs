@@ -1,0 +1,555 @@
+//! Fan-out, the outbox, escalation, acks and finalisation.
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::{
+    AckOutcome, ClaimedMessage, NewNotification, NewOutcome, OpenNotification, ReportRow, Result,
+    SendResult, Store, StoreError, TokenInfo, WritePool, from_ms, ms,
+};
+
+/// The instants a notification is measured against.
+#[derive(Debug, Clone, Copy)]
+pub struct Clockwork {
+    pub fired_at: DateTime<Utc>,
+    pub target_at: DateTime<Utc>,
+    pub deadline_at: DateTime<Utc>,
+    pub final_at: DateTime<Utc>,
+}
+
+fn unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// Inserts one outcome and its messages inside a transaction.
+macro_rules! insert_outcome {
+    ($tx:expr, $nid:expr, $o:expr, $now:expr, $roster:expr) => {{
+        let o: &NewOutcome = $o;
+        let oid: i64 = sqlx::query_scalar(
+            "INSERT INTO outcomes (notification_id, contact_id, role, code, token_digest, token_expires_at, step, notified_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        )
+        .bind($nid).bind(&o.contact_id).bind(&o.role).bind(&o.code).bind(&o.token_digest)
+        .bind(ms(o.token_expires_at)).bind(o.step).bind(ms($now))
+        .fetch_one(&mut *$tx).await?;
+        for m in &o.messages {
+            let finished = (m.state != "pending").then(|| ms($now));
+            sqlx::query(
+                "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, roster_version, step, state, \
+                 state_reason, payload, created_at, due_at, expires_at, finished_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, $10, $11, $12)",
+            )
+            .bind($nid).bind(oid).bind(&o.contact_id).bind(&m.channel).bind(&m.address).bind($roster)
+            .bind(o.step).bind(m.state).bind((m.state == "pending").then_some(&m.payload))
+            .bind(ms($now)).bind(ms(m.expires_at)).bind(finished)
+            .execute(&mut *$tx).await?;
+        }
+    }};
+}
+
+impl Store {
+    /// Fires a round: marks it fired at T0 and writes every department's
+    /// notification, first contacts and step-1 messages in one transaction.
+    /// Returns false if the round had already fired (exactly-once).
+    /// A clash of ack codes comes back as [`StoreError::Conflict`] so the
+    /// caller can draw new codes.
+    pub async fn fire_round(
+        &self,
+        round_id: i64,
+        roster_version: i64,
+        clock: Clockwork,
+        notifications: &[NewNotification],
+    ) -> Result<bool> {
+        let departments: Vec<&str> = notifications
+            .iter()
+            .map(|n| n.department.as_str())
+            .collect();
+        let departments = departments.join(",");
+        let now = clock.fired_at;
+        let outcome = on_db!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            let updated = sqlx::query(
+                "UPDATE rounds SET state = 'fired', fired_at = $1, roster_version = $2, departments = $3 \
+                 WHERE id = $4 AND state IN ('planned', 'queued')",
+            )
+            .bind(ms(now)).bind(roster_version).bind(&departments).bind(round_id)
+            .execute(&mut *tx).await?;
+            if updated.rows_affected() != 1 {
+                return Ok(false);
+            }
+            for n in notifications {
+                let nid: i64 = sqlx::query_scalar(
+                    "INSERT INTO notifications (round_id, department, status, step, fired_at, target_at, deadline_at, final_at) \
+                     VALUES ($1, $2, 'open', 1, $3, $4, $5, $6) RETURNING id",
+                )
+                .bind(round_id).bind(&n.department).bind(ms(clock.fired_at)).bind(ms(clock.target_at))
+                .bind(ms(clock.deadline_at)).bind(ms(clock.final_at))
+                .fetch_one(&mut *tx).await?;
+                for o in &n.outcomes {
+                    insert_outcome!(tx, nid, o, now, roster_version);
+                }
+            }
+            tx.commit().await?;
+            Ok::<bool, sqlx::Error>(true)
+        });
+        match outcome {
+            Ok(fired) => Ok(fired),
+            Err(e) if unique_violation(&e) => {
+                Err(StoreError::Conflict("ack code already live".into()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Adds an escalation step's contacts to an open notification.
+    pub async fn add_step(
+        &self,
+        notification_id: i64,
+        step: i64,
+        roster_version: i64,
+        outcomes: &[NewOutcome],
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let outcome = on_db!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            let updated = sqlx::query(
+                "UPDATE notifications SET step = $1, status = 'escalated' \
+                 WHERE id = $2 AND step < $1 AND status IN ('open', 'escalated') AND acked_at IS NULL",
+            )
+            .bind(step).bind(notification_id)
+            .execute(&mut *tx).await?;
+            if updated.rows_affected() != 1 {
+                return Ok(false);
+            }
+            for o in outcomes {
+                insert_outcome!(tx, notification_id, o, now, roster_version);
+            }
+            tx.commit().await?;
+            Ok::<bool, sqlx::Error>(true)
+        });
+        match outcome {
+            Ok(done) => Ok(done),
+            Err(e) if unique_violation(&e) => {
+                Err(StoreError::Conflict("ack code already live".into()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Contacts already notified in a notification.
+    pub async fn notified_contacts(&self, notification_id: i64) -> Result<Vec<String>> {
+        const Q: &str = "SELECT contact_id FROM outcomes WHERE notification_id = $1";
+        Ok(on_db!(self, |p| sqlx::query_scalar(Q)
+            .bind(notification_id)
+            .fetch_all(p)
+            .await)?)
+    }
+
+    /// Notifications not yet final, with their round's T0.
+    pub async fn open_notifications(&self) -> Result<Vec<OpenNotification>> {
+        const Q: &str = "SELECT n.id, n.round_id, r.exercise_id, r.label AS round_label, n.department, n.fired_at, n.step, \
+             r.roster_version AS roster_version, n.acked_at \
+             FROM notifications n JOIN rounds r ON r.id = n.round_id \
+             WHERE n.status IN ('open', 'escalated') ORDER BY n.id";
+        Ok(on_db!(self, |p| sqlx::query_as(Q).fetch_all(p).await)?)
+    }
+
+    // ---- the outbox ----------------------------------------------------
+
+    /// Marks pending messages past their deadline `expired` (never sent late)
+    /// and claims up to `limit` due messages for `worker` until `claim_until`.
+    /// A `sending` row whose claim lapsed is claimed again only while its
+    /// notification is open.
+    pub async fn claim_messages(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<ClaimedMessage>> {
+        const EXPIRE: &str = "UPDATE messages SET state = 'expired', state_reason = 'deadline passed before sending', \
+             payload = NULL, finished_at = $1, claimed_by = NULL, claim_expires_at = NULL \
+             WHERE (state = 'pending' OR (state = 'sending' AND claim_expires_at < $1)) AND expires_at <= $1";
+        const CLAIMABLE: &str = "SELECT m.id FROM messages m JOIN notifications n ON n.id = m.notification_id \
+             WHERE ((m.state = 'pending' AND m.due_at <= $3) OR (m.state = 'sending' AND m.claim_expires_at < $3)) \
+             AND n.status IN ('open', 'escalated') ORDER BY m.due_at, m.id LIMIT $4";
+        const RETURNING: &str = " RETURNING id, notification_id, contact_id, channel, address, payload, attempts, expires_at";
+        let sqlite_claim = format!(
+            "UPDATE messages SET state = 'sending', claimed_by = $1, claim_expires_at = $2, attempts = attempts + 1 \
+             WHERE id IN ({CLAIMABLE}){RETURNING}"
+        );
+        let pg_claim = format!(
+            "UPDATE messages SET state = 'sending', claimed_by = $1, claim_expires_at = $2, attempts = attempts + 1 \
+             WHERE id IN ({CLAIMABLE} FOR UPDATE OF m SKIP LOCKED){RETURNING}"
+        );
+        on_db!(self, |p| sqlx::query(EXPIRE)
+            .bind(ms(now))
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        let rows: Vec<ClaimedMessage> = match self {
+            Store::Sqlite(p) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(sqlite_claim))
+                    .bind(worker)
+                    .bind(ms(claim_until))
+                    .bind(ms(now))
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await?
+            }
+            Store::Postgres(p) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(pg_claim))
+                    .bind(worker)
+                    .bind(ms(claim_until))
+                    .bind(ms(now))
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await?
+            }
+        };
+        Ok(rows)
+    }
+
+    /// Records what the channel said about a claimed message. A transient
+    /// failure goes back to `pending` after `retry_after` while attempts remain.
+    pub async fn finish_message(
+        &self,
+        message: &ClaimedMessage,
+        result: &SendResult,
+        now: DateTime<Utc>,
+        retry_after: Option<TimeDelta>,
+    ) -> Result<()> {
+        match result {
+            SendResult::Accepted {
+                provider,
+                provider_ref,
+            } => {
+                on_db!(self, |p| {
+                    let mut tx = p.begin_write().await?;
+                    sqlx::query(
+                        "UPDATE messages SET state = 'accepted', accepted_at = $1, provider = $2, provider_ref = $3, \
+                         payload = NULL, claimed_by = NULL, claim_expires_at = NULL, last_error = NULL WHERE id = $4",
+                    )
+                    .bind(ms(now)).bind(provider).bind(provider_ref).bind(message.id)
+                    .execute(&mut *tx).await?;
+                    sqlx::query("UPDATE outcomes SET accepted_at = COALESCE(accepted_at, $1) WHERE id = (SELECT outcome_id FROM messages WHERE id = $2)")
+                        .bind(ms(now)).bind(message.id)
+                        .execute(&mut *tx).await?;
+                    tx.commit().await?;
+                    Ok::<_, sqlx::Error>(())
+                })?;
+            }
+            SendResult::Failed {
+                provider,
+                permanent,
+                error,
+            } => {
+                let retry_at = match (permanent, retry_after) {
+                    (false, Some(after)) if now + after < from_ms(message.expires_at) => {
+                        Some(now + after)
+                    }
+                    _ => None,
+                };
+                match retry_at {
+                    Some(at) => {
+                        const Q: &str = "UPDATE messages SET state = 'pending', due_at = $1, provider = $2, last_error = $3, \
+                             claimed_by = NULL, claim_expires_at = NULL WHERE id = $4";
+                        on_db!(self, |p| sqlx::query(Q)
+                            .bind(ms(at))
+                            .bind(provider)
+                            .bind(error)
+                            .bind(message.id)
+                            .execute(p)
+                            .await
+                            .map(|r| r.rows_affected()))?;
+                    }
+                    None => {
+                        let reason = if *permanent { "permanent" } else { "transient" };
+                        const Q: &str = "UPDATE messages SET state = 'failed', state_reason = $1, provider = $2, last_error = $3, \
+                             payload = NULL, finished_at = $4, claimed_by = NULL, claim_expires_at = NULL WHERE id = $5";
+                        on_db!(self, |p| sqlx::query(Q)
+                            .bind(reason)
+                            .bind(provider)
+                            .bind(error)
+                            .bind(ms(now))
+                            .bind(message.id)
+                            .execute(p)
+                            .await
+                            .map(|r| r.rows_affected()))?;
+                    }
+                }
+            }
+            SendResult::NotConfigured => {
+                const Q: &str = "UPDATE messages SET state = 'not_configured', state_reason = 'no provider configured for this channel', \
+                     payload = NULL, finished_at = $1, claimed_by = NULL, claim_expires_at = NULL WHERE id = $2";
+                on_db!(self, |p| sqlx::query(Q)
+                    .bind(ms(now))
+                    .bind(message.id)
+                    .execute(p)
+                    .await
+                    .map(|r| r.rows_affected()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The earliest instant something in the outbox becomes due.
+    pub async fn next_message_due(&self) -> Result<Option<DateTime<Utc>>> {
+        const Q: &str = "SELECT MIN(CASE WHEN state = 'pending' THEN due_at ELSE claim_expires_at END) FROM messages \
+             WHERE state = 'pending' OR state = 'sending'";
+        let v: Option<i64> = on_db!(self, |p| sqlx::query_scalar(Q).fetch_one(p).await)?;
+        Ok(v.map(from_ms))
+    }
+
+    /// The earliest instant an open notification becomes final.
+    pub async fn next_final_at(&self) -> Result<Option<DateTime<Utc>>> {
+        const Q: &str =
+            "SELECT MIN(final_at) FROM notifications WHERE status IN ('open', 'escalated')";
+        let v: Option<i64> = on_db!(self, |p| sqlx::query_scalar(Q).fetch_one(p).await)?;
+        Ok(v.map(from_ms))
+    }
+
+    // ---- finalisation --------------------------------------------------
+
+    /// Makes every notification past `final_at` final, per PRODUCT.md §6.
+    /// Returns how many became final.
+    pub async fn finalise_due(&self, now: DateTime<Utc>) -> Result<u64> {
+        const Q: &str = "UPDATE notifications SET finalised_at = $1, status = CASE \
+               WHEN acked_at IS NOT NULL AND acked_at <= target_at THEN 'on_target' \
+               WHEN acked_at IS NOT NULL AND acked_at <= deadline_at THEN 'late' \
+               WHEN EXISTS (SELECT 1 FROM messages m WHERE m.notification_id = notifications.id \
+                            AND m.state IN ('accepted', 'delivered')) THEN 'missed' \
+               ELSE 'unreachable' END \
+             WHERE status IN ('open', 'escalated') AND final_at <= $1";
+        const CLOSE_ROUNDS: &str = "UPDATE rounds SET state = 'closed', closed_at = $1 WHERE state = 'fired' \
+             AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.round_id = rounds.id AND n.status IN ('open', 'escalated'))";
+        let done = on_db!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            let done = sqlx::query(Q).bind(ms(now)).execute(&mut *tx).await?;
+            sqlx::query(CLOSE_ROUNDS)
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(done.rows_affected())
+        })?;
+        Ok(done)
+    }
+
+    /// Ends an exercise's open work at once: open notifications become
+    /// `cancelled`, unsent messages `cancelled(endex)`, planned rounds `cancelled`.
+    pub async fn cancel_exercise_work(&self, exercise: &str, now: DateTime<Utc>) -> Result<u64> {
+        on_db!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            sqlx::query(
+                "UPDATE messages SET state = 'cancelled', state_reason = 'endex', payload = NULL, finished_at = $1, \
+                 claimed_by = NULL, claim_expires_at = NULL \
+                 WHERE state IN ('pending', 'sending') AND notification_id IN \
+                 (SELECT n.id FROM notifications n JOIN rounds r ON r.id = n.round_id WHERE r.exercise_id = $2)",
+            )
+            .bind(ms(now)).bind(exercise).execute(&mut *tx).await?;
+            let n = sqlx::query(
+                "UPDATE notifications SET status = 'cancelled', finalised_at = $1 WHERE status IN ('open', 'escalated') \
+                 AND round_id IN (SELECT id FROM rounds WHERE exercise_id = $2)",
+            )
+            .bind(ms(now)).bind(exercise).execute(&mut *tx).await?;
+            sqlx::query("UPDATE rounds SET state = 'cancelled', state_reason = 'endex', closed_at = $1 WHERE exercise_id = $2 AND state IN ('planned', 'queued')")
+                .bind(ms(now)).bind(exercise).execute(&mut *tx).await?;
+            sqlx::query("UPDATE rounds SET state = 'closed', closed_at = $1 WHERE exercise_id = $2 AND state = 'fired'")
+                .bind(ms(now)).bind(exercise).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(n.rows_affected())
+        })
+    }
+
+    // ---- acknowledgements ----------------------------------------------
+
+    pub async fn token_info(&self, token_digest: &str) -> Result<Option<TokenInfo>> {
+        const Q: &str = "SELECT o.id AS outcome_id, o.notification_id, o.contact_id, o.role, o.code, o.token_expires_at, \
+             n.department, r.label AS round_label, r.exercise_id, e.title AS exercise_title, o.acked_at AS outcome_acked_at \
+             FROM outcomes o JOIN notifications n ON n.id = o.notification_id JOIN rounds r ON r.id = n.round_id \
+             JOIN exercises e ON e.id = r.exercise_id WHERE o.token_digest = $1";
+        Ok(on_db!(self, |p| sqlx::query_as(Q)
+            .bind(token_digest)
+            .fetch_optional(p)
+            .await)?)
+    }
+
+    /// Records a link ack (`POST /a/{token}`) durably: every attempt is an
+    /// inbound row; the first ack per contact and channel is an ack row; the
+    /// department's first counting ack sets its ack time and cancels its
+    /// unsent messages.
+    pub async fn record_link_ack(
+        &self,
+        token_digest: &str,
+        at: DateTime<Utc>,
+        source: Option<&str>,
+    ) -> Result<AckOutcome> {
+        let info = self.token_info(token_digest).await?;
+        let raw = format!("POST /a/{}…", &token_digest[..8.min(token_digest.len())]);
+        let Some(info) = info else {
+            self.record_inbound(
+                at,
+                "link",
+                source,
+                &raw,
+                None,
+                "refused",
+                Some("unknown token"),
+            )
+            .await?;
+            return Ok(AckOutcome::Unknown);
+        };
+        if ms(at) > info.token_expires_at {
+            self.record_inbound(
+                at,
+                "link",
+                source,
+                &raw,
+                Some(info.outcome_id),
+                "refused",
+                Some("token expired"),
+            )
+            .await?;
+            return Ok(AckOutcome::Expired);
+        }
+        let counts = info.role != "observer";
+        let result = on_db!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            let existing: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM acks WHERE notification_id = $1 AND contact_id = $2 AND channel = 'link'",
+            )
+            .bind(info.notification_id).bind(&info.contact_id)
+            .fetch_optional(&mut *tx).await?;
+            let result = if existing.is_some() {
+                "repeat"
+            } else {
+                "acked"
+            };
+            let inbound_id: i64 = sqlx::query_scalar(
+                "INSERT INTO inbound (received_at, channel, source, raw, outcome_id, result, reason) \
+                 VALUES ($1, 'link', $2, $3, $4, $5, NULL) RETURNING id",
+            )
+            .bind(ms(at)).bind(source).bind(&raw).bind(info.outcome_id).bind(result)
+            .fetch_one(&mut *tx).await?;
+            if existing.is_none() {
+                sqlx::query(
+                    "INSERT INTO acks (notification_id, outcome_id, contact_id, channel, acked_at, counts, inbound_id) \
+                     VALUES ($1, $2, $3, 'link', $4, $5, $6)",
+                )
+                .bind(info.notification_id).bind(info.outcome_id).bind(&info.contact_id).bind(ms(at))
+                .bind(i64::from(counts)).bind(inbound_id)
+                .execute(&mut *tx).await?;
+                sqlx::query("UPDATE outcomes SET acked_at = COALESCE(acked_at, $1) WHERE id = $2")
+                    .bind(ms(at))
+                    .bind(info.outcome_id)
+                    .execute(&mut *tx)
+                    .await?;
+                if counts {
+                    // Within the deadline it is the department's ack; after it, a
+                    // recorded fact that does not change the status.
+                    sqlx::query(
+                        "UPDATE notifications SET \
+                           acked_at = CASE WHEN $1 <= deadline_at THEN $1 ELSE acked_at END, \
+                           ack_after_deadline_at = CASE WHEN $1 > deadline_at THEN $1 ELSE ack_after_deadline_at END \
+                         WHERE id = $2 AND acked_at IS NULL AND ack_after_deadline_at IS NULL",
+                    )
+                    .bind(ms(at)).bind(info.notification_id).execute(&mut *tx).await?;
+                    sqlx::query(
+                        "UPDATE messages SET state = 'cancelled', state_reason = 'acked', payload = NULL, finished_at = $1 \
+                         WHERE notification_id = $2 AND state = 'pending'",
+                    )
+                    .bind(ms(at)).bind(info.notification_id).execute(&mut *tx).await?;
+                }
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(result)
+        })?;
+        if result == "repeat" {
+            return Ok(AckOutcome::AlreadyAcknowledged {
+                department: info.department,
+                round: info.round_label,
+            });
+        }
+        self.event(
+            at,
+            "ack.recorded",
+            Some(&info.exercise_id),
+            serde_json::json!({"round": info.round_label, "department": info.department, "contact": info.contact_id, "channel": "link", "counts": counts}),
+        )
+        .await?;
+        Ok(AckOutcome::Acked {
+            department: info.department,
+            round: info.round_label,
+            at,
+        })
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one column each")]
+    pub async fn record_inbound(
+        &self,
+        at: DateTime<Utc>,
+        channel: &str,
+        source: Option<&str>,
+        raw: &str,
+        outcome_id: Option<i64>,
+        result: &str,
+        reason: Option<&str>,
+    ) -> Result<i64> {
+        const Q: &str = "INSERT INTO inbound (received_at, channel, source, raw, outcome_id, result, reason) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
+        Ok(on_db!(self, |p| sqlx::query_scalar(Q)
+            .bind(ms(at))
+            .bind(channel)
+            .bind(source)
+            .bind(raw)
+            .bind(outcome_id)
+            .bind(result)
+            .bind(reason)
+            .fetch_one(p)
+            .await)?)
+    }
+
+    pub async fn inbound_count(&self) -> Result<i64> {
+        Ok(on_db!(self, |p| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM inbound"
+        )
+        .fetch_one(p)
+        .await)?)
+    }
+
+    pub async fn ack_count(&self) -> Result<i64> {
+        Ok(on_db!(self, |p| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM acks"
+        )
+        .fetch_one(p)
+        .await)?)
+    }
+
+    // ---- reports -------------------------------------------------------
+
+    pub async fn report_rows(&self, exercise: &str) -> Result<Vec<ReportRow>> {
+        const Q: &str = "SELECT r.id AS round_id, r.label AS round_label, r.state AS round_state, r.planned_at, r.fired_at, \
+             n.id AS notification_id, n.department, n.status, n.step, n.acked_at, n.ack_after_deadline_at, \
+             (SELECT a.channel FROM acks a WHERE a.notification_id = n.id AND a.counts = 1 ORDER BY a.acked_at, a.id LIMIT 1) AS ack_channel, \
+             (SELECT a.contact_id FROM acks a WHERE a.notification_id = n.id AND a.counts = 1 ORDER BY a.acked_at, a.id LIMIT 1) AS ack_contact, \
+             (SELECT MIN(m.accepted_at) FROM messages m WHERE m.notification_id = n.id) AS first_accepted_at, \
+             (SELECT COUNT(*) FROM messages m WHERE m.notification_id = n.id) AS messages, \
+             (SELECT COUNT(*) FROM messages m WHERE m.notification_id = n.id AND m.state IN ('accepted', 'delivered')) AS messages_reached \
+             FROM rounds r JOIN notifications n ON n.round_id = r.id \
+             WHERE r.exercise_id = $1 ORDER BY r.planned_at, r.id, n.department";
+        Ok(on_db!(self, |p| sqlx::query_as(Q)
+            .bind(exercise)
+            .fetch_all(p)
+            .await)?)
+    }
+
+    /// Message counts per channel and state, for reports and tests.
+    pub async fn message_states(&self, exercise: &str) -> Result<Vec<(String, String, i64)>> {
+        const Q: &str = "SELECT m.channel, m.state, COUNT(*) FROM messages m JOIN notifications n ON n.id = m.notification_id \
+             JOIN rounds r ON r.id = n.round_id WHERE r.exercise_id = $1 GROUP BY m.channel, m.state ORDER BY m.channel, m.state";
+        Ok(on_db!(self, |p| sqlx::query_as(Q)
+            .bind(exercise)
+            .fetch_all(p)
+            .await)?)
+    }
+}
