@@ -708,7 +708,6 @@ impl Config {
         {
             out.push(("smtp password", e.clone(), true));
         }
-        out.push(("api token", self.api_token_env.clone(), false));
         out
     }
 

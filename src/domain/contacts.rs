@@ -236,12 +236,14 @@ fn load_department(
     }
 
     let mut contacts = Vec::new();
+    let mut broken_contacts = 0;
     if let Some(cn) = contacts_node {
         match cn.as_seq() {
             Some(items) => {
                 for item in items {
-                    if let Some(c) = load_contact(item, path, code.as_ref(), problems, index) {
-                        contacts.push(c);
+                    match load_contact(item, path, code.as_ref(), problems, index) {
+                        Some(c) => contacts.push(c),
+                        None => broken_contacts += 1,
                     }
                 }
             }
@@ -254,7 +256,11 @@ fn load_department(
     }
 
     let code = code?;
-    check_department_cover(&contacts, &code, path, dept_pos, problems);
+    // A contact with its own errors is already reported; judging the
+    // department's cover without it would only repeat the same problem.
+    if broken_contacts == 0 {
+        check_department_cover(&contacts, &code, path, dept_pos, problems);
+    }
     Some(Department {
         code,
         name_en: name_en.unwrap_or_default(),

@@ -1,0 +1,343 @@
+//! `rollcall simulate`: a schedule's rounds in virtual time, against
+//! in-process SMTP, Twilio-format SMS and webhook servers on loopback, with
+//! simulated contacts who acknowledge through the real `POST /a/{token}`
+//! endpoint after seeded random delays (some never).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use chrono::{DateTime, TimeDelta, Utc};
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+
+use crate::ack::{self, AckState};
+use crate::channel::Channels;
+use crate::clock::{ManualClock, SharedClock};
+use crate::config::{Config, ProviderKind, Secrets, SmsProvider, Smtp, Tls};
+use crate::dispatch::Dispatcher;
+use crate::domain::contacts::Roster;
+use crate::domain::schedule::{self, Schedule};
+use crate::engine::Engine;
+use crate::sinks::{self, ReceivedMail, ReceivedSms, ReceivedWebhook, Recorder, TwilioFake};
+use crate::store::{NewRound, Store};
+
+#[derive(Debug, Clone)]
+pub struct SimulateOptions {
+    pub seed: u64,
+    /// Share of contacts who answer at all.
+    pub response_rate: f64,
+}
+
+impl Default for SimulateOptions {
+    fn default() -> Self {
+        SimulateOptions {
+            seed: 1,
+            response_rate: 0.8,
+        }
+    }
+}
+
+/// What the simulated contacts did, for the summary line.
+#[derive(Debug, Clone)]
+pub struct SimulationOutcome {
+    pub exercise: String,
+    pub emails: usize,
+    pub sms: usize,
+    pub webhooks: usize,
+    pub acks_posted: usize,
+    pub virtual_span: TimeDelta,
+    pub ended_at: DateTime<Utc>,
+}
+
+struct PendingAck {
+    at: DateTime<Utc>,
+    token: String,
+}
+
+/// Runs a schedule to the end in virtual time and returns what happened.
+/// The run is stored in `store`, so `report` works on it afterwards.
+pub async fn run(
+    schedule: &Schedule,
+    roster: &Roster,
+    store: &Store,
+    options: &SimulateOptions,
+) -> anyhow::Result<SimulationOutcome> {
+    let (planned, random) = schedule::expand_fixed_rounds(schedule);
+    if random > 0 {
+        tracing::warn!(
+            random,
+            "random rounds are not drawn yet; simulating the cron and at rounds"
+        );
+    }
+    anyhow::ensure!(
+        !planned.is_empty(),
+        "the schedule has no rounds to simulate"
+    );
+    let start = planned[0].planned_at - TimeDelta::minutes(1);
+    let manual = ManualClock::new(start.min(schedule.window_start));
+    let clock: SharedClock = manual.clone();
+
+    // Loopback peers speaking the real protocols.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mails: Recorder<ReceivedMail> = Recorder::new();
+    let texts: Recorder<ReceivedSms> = Recorder::new();
+    let hooks: Recorder<ReceivedWebhook> = Recorder::new();
+    let smtp_listener = bind().await?;
+    let smtp_port = smtp_listener.local_addr()?.port();
+    tokio::spawn(sinks::serve_smtp(smtp_listener, mails.clone(), stopped()));
+    let sms_listener = bind().await?;
+    let sms_addr = sms_listener.local_addr()?;
+    let sid = "ACsimulated0000000000000000000000".to_owned();
+    let fake = TwilioFake {
+        account_sid: sid.clone(),
+        auth_token: "simulated-token".into(),
+        recorder: texts.clone(),
+    };
+    tokio::spawn(sinks::serve_router(
+        sms_listener,
+        sinks::twilio_router_with_clock(fake, Arc::clone(&clock)),
+        stopped(),
+    ));
+    let hook_listener = bind().await?;
+    let hook_addr = hook_listener.local_addr()?;
+    tokio::spawn(sinks::serve_router(
+        hook_listener,
+        sinks::webhook_router(hooks.clone()),
+        stopped(),
+    ));
+    let ack_listener = bind().await?;
+    let ack_addr = ack_listener.local_addr()?;
+    let state = AckState {
+        store: store.clone(),
+        clock: Arc::clone(&clock),
+    };
+    tokio::spawn(ack::serve(ack_listener, state, stopped()));
+
+    // Webhooks go to the loopback receiver, whatever URL the roster names.
+    let mut roster = roster.clone();
+    for c in roster
+        .departments
+        .iter_mut()
+        .flat_map(|d| d.contacts.iter_mut())
+    {
+        if let Some(w) = c.webhook.as_mut() {
+            let path = reqwest::Url::parse(&w.url)
+                .map(|u| u.path().to_owned())
+                .unwrap_or_else(|_| "/".into());
+            w.url = format!("http://{hook_addr}{path}");
+        }
+    }
+    let cfg = Config {
+        database: String::new(),
+        public_url: format!("http://{ack_addr}"),
+        sms_from: Some("+85251234567".into()),
+        sms_providers: vec![SmsProvider {
+            name: "simulated".into(),
+            kind: ProviderKind::Twilio {
+                base_url: format!("http://{sms_addr}"),
+                account_sid: sid,
+                auth_token_env: "SIMULATED_TWILIO_TOKEN".into(),
+                alternate_auth_token_env: None,
+            },
+            rate: None,
+        }],
+        smtp: Some(Smtp {
+            host: "127.0.0.1".into(),
+            port: smtp_port,
+            tls: Tls::None,
+            username: None,
+            password_env: None,
+            ca_file: None,
+            pool: 4,
+        }),
+        ..Config::default()
+    };
+    let mut secret_names: Vec<String> = roster.secret_envs().map(|(_, e)| e.to_owned()).collect();
+    secret_names.push(cfg.webhook_secret_env.clone());
+    let secrets = Secrets::supplied(
+        secret_names
+            .into_iter()
+            .map(|n| (n, "simulated-webhook-secret".to_owned()))
+            .chain([(
+                "SIMULATED_TWILIO_TOKEN".to_owned(),
+                "simulated-token".to_owned(),
+            )]),
+    );
+
+    let now = clock.now();
+    let version = store.save_roster(&roster, now).await?;
+    let rounds: Vec<NewRound> = planned
+        .iter()
+        .enumerate()
+        .map(|(i, p)| NewRound {
+            label: format!("R{:02}", i + 1),
+            slot: p.slot.clone(),
+            planned_at: p.planned_at,
+        })
+        .collect();
+    let json = serde_json::to_string(schedule)?;
+    store
+        .save_exercise(&schedule.id, &schedule.title, &json, version, &rounds, now)
+        .await?;
+    store
+        .set_exercise_state(
+            &schedule.id,
+            &["loaded", "paused"],
+            "running",
+            now,
+            Some("simulate"),
+        )
+        .await?;
+
+    let channels = Arc::new(Channels::from_config(&cfg, secrets)?);
+    let engine = Engine::with_seed(
+        store.clone(),
+        Arc::clone(&clock),
+        crate::daemon::engine_settings(&cfg),
+        options.seed,
+    );
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        Arc::clone(&clock),
+        channels,
+        crate::daemon::retry_policy(&cfg),
+        "simulate".into(),
+    );
+    let http = reqwest::Client::new();
+
+    let mut pending: Vec<PendingAck> = Vec::new();
+    let mut answered: HashSet<String> = HashSet::new();
+    let (mut seen_mail, mut seen_hooks) = (0, 0);
+    let mut outcome = SimulationOutcome {
+        exercise: schedule.id.clone(),
+        emails: 0,
+        sms: 0,
+        webhooks: 0,
+        acks_posted: 0,
+        virtual_span: TimeDelta::zero(),
+        ended_at: start,
+    };
+    let deadline = schedule.ack.deadline();
+
+    for _ in 0..100_000 {
+        crate::daemon::step(&engine, &dispatcher).await?;
+        let now = clock.now();
+        // Every delivered email or webhook reaches a simulated person, who
+        // decides once per token whether and when to answer.
+        let mut tokens: Vec<String> = Vec::new();
+        for m in mails.since(seen_mail) {
+            tokens.extend(link_token(&m.body()));
+        }
+        seen_mail = mails.len();
+        for h in hooks.since(seen_hooks) {
+            if let Some(t) = h
+                .json()
+                .and_then(|j| j.get("token").and_then(|t| t.as_str().map(str::to_owned)))
+            {
+                tokens.push(t);
+            }
+        }
+        seen_hooks = hooks.len();
+        for token in tokens {
+            if !answered.insert(token.clone()) {
+                continue;
+            }
+            // Each person's behaviour depends on the seed and their own token
+            // only, not on the order concurrent sends happened to arrive in.
+            let digest =
+                crate::domain::codes::sha256_hex(format!("{}/{token}", options.seed).as_bytes());
+            let mut rng = ChaCha8Rng::seed_from_u64(
+                u64::from_str_radix(&digest[..16], 16).unwrap_or(options.seed),
+            );
+            if rng.random_bool(options.response_rate) {
+                // Most answer within the target; a tail answers late or after the deadline.
+                let secs =
+                    (rng.random::<f64>().powi(2) * deadline.num_seconds() as f64 * 1.3) as i64 + 20;
+                pending.push(PendingAck {
+                    at: now + TimeDelta::seconds(secs),
+                    token,
+                });
+            }
+        }
+        pending.sort_by_key(|p| p.at);
+        while pending.first().is_some_and(|p| p.at <= now) {
+            let p = pending.remove(0);
+            let resp = http
+                .post(format!("http://{ack_addr}/a/{}", p.token))
+                .send()
+                .await;
+            match resp {
+                Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::GONE => {
+                    outcome.acks_posted += 1
+                }
+                Ok(r) => anyhow::bail!("ack endpoint answered {}", r.status()),
+                Err(e) => return Err(e).context("posting a simulated ack"),
+            }
+        }
+        let mut next: Vec<DateTime<Utc>> = Vec::new();
+        next.extend(engine.next_due().await?);
+        next.extend(store.next_message_due().await?);
+        next.extend(pending.first().map(|p| p.at));
+        match next.into_iter().min() {
+            Some(t) if t > now => manual.set(t),
+            Some(_) => manual.advance(TimeDelta::seconds(1)),
+            None => break,
+        }
+    }
+    let _ = stop_tx.send(true);
+    outcome.emails = mails.len();
+    outcome.sms = texts.len();
+    outcome.webhooks = hooks.len();
+    outcome.virtual_span = clock.now() - start;
+    outcome.ended_at = clock.now();
+    Ok(outcome)
+}
+
+async fn bind() -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind("127.0.0.1:0").await
+}
+
+/// The token in an email's confirm link (`…/a/<32 hex>`).
+fn link_token(body: &str) -> Option<String> {
+    let start = body.find("/a/")? + 3;
+    let token: String = body[start..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect();
+    (token.len() == 32).then_some(token)
+}
+
+/// Loads contacts and a schedule for `simulate`; problems are returned as text.
+pub fn load_inputs(
+    contacts: &Path,
+    schedule_file: &Path,
+) -> Result<(Roster, Schedule), Vec<crate::yaml::Problem>> {
+    let mut problems = crate::yaml::Problems::default();
+    let (roster, index) = crate::domain::contacts::load_dir(contacts, &mut problems);
+    let schedule = schedule::load_file(schedule_file, Some((&roster, &index)), &mut problems);
+    match schedule {
+        Some(s) if !problems.has_errors() => Ok((roster, s)),
+        _ => Err(problems
+            .into_sorted()
+            .into_iter()
+            .filter(|p| p.severity == crate::yaml::Severity::Error)
+            .collect()),
+    }
+}
+
+/// Counts per status, for a one-line summary.
+pub fn tally(report: &crate::report::Report) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for r in &report.rows {
+        *m.entry(r.status.clone()).or_insert(0) += 1;
+    }
+    m
+}

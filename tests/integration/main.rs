@@ -1,0 +1,14 @@
+//! The one integration-test binary (fast to link on two cores).
+//!
+//! Table of contents:
+//! - `check`: `rollcall check` on a broken contacts directory and on bad input
+//! - `end_to_end`: the daemon sends a round over real SMTP, a Twilio-format
+//!   server and signed webhooks; half the departments ack by link; the
+//!   report agrees. Runs on SQLite, and on PostgreSQL when
+//!   `ROLLCALL_TEST_POSTGRES_URL` is set
+//! - `simulate`: the README's main command on the smoke schedule
+
+mod check;
+mod end_to_end;
+mod simulate;
+mod support;
