@@ -16,6 +16,23 @@ use crate::engine::Engine;
 use crate::store::{LoadResult, NewRound, Store};
 use crate::yaml::{Pos, Problem, Problems, Severity};
 
+/// Writes a line to stdout; a closed pipe becomes an error that `main`
+/// treats as success, instead of the panic `println!` would give.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+/// Like [`out!`] without the newline.
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 /// Exit codes (README "Exit codes").
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILURE: i32 = 1;
@@ -232,7 +249,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 &cli,
                 "database migrated",
                 serde_json::json!({"migrated": true}),
-            );
+            )?;
             EXIT_OK
         }
         Command::Contacts(ContactsCommand::Load { dir }) => {
@@ -247,7 +264,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     roster.contacts().count()
                 ),
                 serde_json::json!({"roster_version": version, "departments": roster.departments.len()}),
-            );
+            )?;
             EXIT_OK
         }
         Command::Exercise(cmd) => exercise(&cli, &cfg, &store, &clock, cmd).await?,
@@ -301,7 +318,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 Some(f) => {
                     std::fs::write(f, text).with_context(|| format!("writing {}", f.display()))?
                 }
-                None => print!("{text}"),
+                None => out_raw!("{text}"),
             }
             EXIT_OK
         }
@@ -321,16 +338,17 @@ fn redact_db(url: &str) -> String {
     }
 }
 
-fn say(cli: &Cli, human: &str, json: serde_json::Value) {
+fn say(cli: &Cli, human: &str, json: serde_json::Value) -> anyhow::Result<()> {
     if cli.json {
         let mut v = json;
         if let Some(o) = v.as_object_mut() {
             o.insert("schema".into(), 1.into());
         }
-        println!("{v}");
+        out!("{v}");
     } else {
-        println!("{human}");
+        out!("{human}");
     }
+    Ok(())
 }
 
 fn fail_on_config(problems: Problems) -> anyhow::Result<()> {
@@ -449,7 +467,7 @@ fn check(cli: &Cli, cfg: &Config, mut problems: Problems, args: &CheckArgs) -> a
             .map_or("built-in defaults".into(), |p| p.display().to_string()),
     );
     if cli.json {
-        println!(
+        out!(
             "{}",
             serde_json::json!({
                 "schema": 1,
@@ -462,10 +480,10 @@ fn check(cli: &Cli, cfg: &Config, mut problems: Problems, args: &CheckArgs) -> a
         );
     } else {
         for p in &list {
-            println!("{p}");
+            out!("{p}");
         }
         if errors == 0 {
-            println!(
+            out!(
                 "ok: {summary}{}",
                 if warnings > 0 {
                     format!(" ({warnings} warnings)")
@@ -546,7 +564,7 @@ async fn exercise(
                     rounds.len()
                 ),
                 serde_json::json!({"exercise": schedule.id, "result": what, "rounds": rounds.len(), "roster_version": version}),
-            );
+            )?;
         }
         ExerciseCommand::Start {
             id,
@@ -606,10 +624,10 @@ async fn exercise(
                     .iter()
                     .map(|e| serde_json::json!({"id": e.id, "title": e.title, "state": e.state}))
                     .collect();
-                println!("{}", serde_json::json!({"schema": 1, "exercises": items}));
+                out!("{}", serde_json::json!({"schema": 1, "exercises": items}));
             } else {
                 for e in list {
-                    println!("{:<24} {:<8} {}", e.id, e.state, e.title);
+                    out!("{:<24} {:<8} {}", e.id, e.state, e.title);
                 }
             }
         }
@@ -624,17 +642,20 @@ async fn exercise(
                     .iter()
                     .map(|r| serde_json::json!({"round": r.label, "planned_at": crate::store::from_ms(r.planned_at), "state": r.state, "fired_at": r.fired_at.map(crate::store::from_ms)}))
                     .collect();
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({"schema": 1, "id": e.id, "title": e.title, "state": e.state, "roster_version": e.roster_version, "rounds": rs})
                 );
             } else {
-                println!(
+                out!(
                     "{} — {} ({}), roster version {}",
-                    e.id, e.title, e.state, e.roster_version
+                    e.id,
+                    e.title,
+                    e.state,
+                    e.roster_version
                 );
                 for r in rounds {
-                    println!(
+                    out!(
                         "  {:<4} {}  {}",
                         r.label,
                         crate::store::from_ms(r.planned_at).format("%Y-%m-%d %H:%M UTC"),
@@ -668,7 +689,7 @@ async fn transition(
         cli,
         &format!("exercise {id}: {to}"),
         serde_json::json!({"exercise": id, "state": to}),
-    );
+    )?;
     Ok(())
 }
 
@@ -712,13 +733,13 @@ async fn fire(
             cli,
             &format!("round {} fired; the daemon sends it now", round.label),
             serde_json::json!({"round": round.label, "state": "fired"}),
-        );
+        )?;
     } else {
         say(
             cli,
             &format!("round {} queued until the daemon runs", round.label),
             serde_json::json!({"round": round.label, "state": "queued"}),
-        );
+        )?;
     }
     Ok(EXIT_OK)
 }
@@ -745,10 +766,10 @@ async fn simulate(cli: &Cli, cfg: &Config, args: &SimulateArgs) -> anyhow::Resul
     let outcome = crate::simulate::run(&schedule, &roster, &store, &options).await?;
     let report = crate::report::build(&store, &schedule.id, outcome.ended_at).await?;
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", crate::report::render_text(&report));
-        println!(
+        out_raw!("{}", crate::report::render_text(&report));
+        out!(
             "\nsimulated {} of exercise time: {} emails, {} SMS, {} webhooks sent; {} link acks posted. Stored in {}",
             crate::domain::format_duration(outcome.virtual_span),
             outcome.emails,
