@@ -759,3 +759,64 @@ impl fmt::Debug for Secrets {
         write!(f, "Secrets({} supplied)", self.supplied.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_parses_without_problems() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rollcall.example.yaml");
+        let mut problems = Problems::default();
+        let cfg = load(Some(&file), &mut problems);
+        let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(listed.is_empty(), "{listed:#?}");
+        assert_eq!(cfg.sms_providers.len(), 2);
+        assert_eq!(cfg.smtp.as_ref().map(|s| s.port), Some(587));
+        assert_eq!(cfg.grace, TimeDelta::minutes(5));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_reported_at_their_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rollcall.yaml");
+        std::fs::write(
+            &file,
+            "http:\n  listen: nowhere\n  lisen: 127.0.0.1:1\ndelivery:\n  grace: soon\n",
+        )
+        .unwrap();
+        let mut problems = Problems::default();
+        load(Some(&file), &mut problems);
+        let lines: Vec<(u64, String)> = problems
+            .iter()
+            .map(|p| (p.line, p.message.clone()))
+            .collect();
+        assert!(
+            lines
+                .iter()
+                .any(|(l, m)| *l == 2 && m.contains("listen address")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|(l, m)| *l == 3 && m.contains("unknown key `lisen`")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|(l, m)| *l == 5 && m.contains("not a duration")),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn environment_twins_are_named_after_the_key_path() {
+        assert_eq!(env_twin("http.listen"), "ROLLCALL_HTTP__LISTEN");
+        assert_eq!(
+            env_twin("delivery.retry.attempts"),
+            "ROLLCALL_DELIVERY__RETRY__ATTEMPTS"
+        );
+    }
+}
