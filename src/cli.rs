@@ -13,7 +13,7 @@ use crate::config::{self, Config, Secrets};
 use crate::domain::contacts::{self, Roster};
 use crate::domain::schedule::{self, Schedule};
 use crate::engine::Engine;
-use crate::store::{LoadResult, NewRound, Store};
+use crate::store::{LoadResult, Store};
 use crate::yaml::{Pos, Problem, Problems, Severity};
 
 /// Writes a line to stdout; a closed pipe becomes an error that `main`
@@ -532,20 +532,8 @@ async fn exercise(
                     past.join(", ")
                 )));
             }
-            let version = store.save_roster(&roster, now).await?;
-            let rounds: Vec<NewRound> = planned
-                .iter()
-                .enumerate()
-                .map(|(i, p)| NewRound {
-                    label: format!("R{:02}", i + 1),
-                    slot: p.slot.clone(),
-                    planned_at: p.planned_at,
-                })
-                .collect();
-            let json = serde_json::to_string(&schedule)?;
-            let result = store
-                .save_exercise(&schedule.id, &schedule.title, &json, version, &rounds, now)
-                .await?;
+            let (result, rounds, version) =
+                crate::engine::load_exercise(store, &roster, &schedule, &planned, now).await?;
             let what = match result {
                 LoadResult::Created => "loaded",
                 LoadResult::Unchanged => "unchanged",
@@ -560,10 +548,9 @@ async fn exercise(
                 cli,
                 &format!(
                     "exercise {} {what}: {} rounds, roster version {version}{note}",
-                    schedule.id,
-                    rounds.len()
+                    schedule.id, rounds
                 ),
-                serde_json::json!({"exercise": schedule.id, "result": what, "rounds": rounds.len(), "roster_version": version}),
+                serde_json::json!({"exercise": schedule.id, "result": what, "rounds": rounds, "roster_version": version}),
             )?;
         }
         ExerciseCommand::Start {

@@ -493,3 +493,31 @@ impl Engine {
         Ok(sent)
     }
 }
+
+/// Stores an exercise as `exercise load` does: the roster as a version, the
+/// schedule, and its fixed rounds numbered `R01…` in planned order.
+/// Returns what the store did, the number of rounds and the roster version.
+pub async fn load_exercise(
+    store: &Store,
+    roster: &Roster,
+    schedule: &Schedule,
+    planned: &[crate::domain::schedule::PlannedRound],
+    now: DateTime<Utc>,
+) -> Result<(crate::store::LoadResult, usize, i64), EngineError> {
+    let version = store.save_roster(roster, now).await?;
+    let rounds: Vec<crate::store::NewRound> = planned
+        .iter()
+        .enumerate()
+        .map(|(i, p)| crate::store::NewRound {
+            label: format!("R{:02}", i + 1),
+            slot: p.slot.clone(),
+            planned_at: p.planned_at,
+        })
+        .collect();
+    let json = serde_json::to_string(schedule)
+        .map_err(|e| EngineError::BadSchedule(schedule.id.clone(), e.to_string()))?;
+    let result = store
+        .save_exercise(&schedule.id, &schedule.title, &json, version, &rounds, now)
+        .await?;
+    Ok((result, rounds.len(), version))
+}

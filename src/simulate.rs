@@ -21,7 +21,7 @@ use crate::domain::contacts::Roster;
 use crate::domain::schedule::{self, Schedule};
 use crate::engine::Engine;
 use crate::sinks::{self, ReceivedMail, ReceivedSms, ReceivedWebhook, Recorder, TwilioFake};
-use crate::store::{NewRound, Store};
+use crate::store::Store;
 
 #[derive(Debug, Clone)]
 pub struct SimulateOptions {
@@ -173,20 +173,7 @@ pub async fn run(
     );
 
     let now = clock.now();
-    let version = store.save_roster(&roster, now).await?;
-    let rounds: Vec<NewRound> = planned
-        .iter()
-        .enumerate()
-        .map(|(i, p)| NewRound {
-            label: format!("R{:02}", i + 1),
-            slot: p.slot.clone(),
-            planned_at: p.planned_at,
-        })
-        .collect();
-    let json = serde_json::to_string(schedule)?;
-    store
-        .save_exercise(&schedule.id, &schedule.title, &json, version, &rounds, now)
-        .await?;
+    crate::engine::load_exercise(store, &roster, schedule, &planned, now).await?;
     store
         .set_exercise_state(
             &schedule.id,
