@@ -398,17 +398,8 @@ fn check(cli: &Cli, cfg: &Config, mut problems: Problems, args: &CheckArgs) -> a
         .unwrap_or_else(|| cfg.schedules.clone());
     let (roster, index) = contacts::load_dir(&contacts_dir, &mut problems);
     let mut schedules: Vec<Schedule> = Vec::new();
-    match std::fs::read_dir(&schedules_dir) {
-        Ok(entries) => {
-            let mut files: Vec<PathBuf> = entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.is_file()
-                        && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-                })
-                .collect();
-            files.sort();
+    match crate::yaml::yaml_files(&schedules_dir) {
+        Ok(files) => {
             for f in files {
                 if let Some(s) = schedule::load_file(&f, Some((&roster, &index)), &mut problems) {
                     schedules.push(s);
@@ -508,12 +499,8 @@ async fn exercise(
     let now = clock.now();
     match cmd {
         ExerciseCommand::Load { schedule: file } => {
-            let mut problems = Problems::default();
-            let (roster, index) = contacts::load_dir(&cfg.contacts, &mut problems);
-            let schedule = schedule::load_file(file, Some((&roster, &index)), &mut problems);
-            let Some(schedule) = schedule.filter(|_| !problems.has_errors()) else {
-                return Err(print_problems_and_fail(errors_only(problems)));
-            };
+            let (roster, schedule) = schedule::load_with_contacts(&cfg.contacts, file)
+                .map_err(print_problems_and_fail)?;
             let (planned, random) = schedule::expand_fixed_rounds(&schedule);
             let past: Vec<String> = planned
                 .iter()
@@ -736,7 +723,7 @@ async fn simulate(cli: &Cli, cfg: &Config, args: &SimulateArgs) -> anyhow::Resul
         .contacts
         .clone()
         .unwrap_or_else(|| cfg.contacts.clone());
-    let (roster, schedule) = crate::simulate::load_inputs(&contacts_dir, &args.schedule)
+    let (roster, schedule) = schedule::load_with_contacts(&contacts_dir, &args.schedule)
         .map_err(print_problems_and_fail)?;
     // Without --db the run goes to a temporary file, never the operator's store.
     let tmp = tempdir_for_simulation()?;

@@ -2,8 +2,9 @@
 //! steps, finalisation. `tick` is public so tests drive it with a manual
 //! clock; the daemon calls it in a thin loop.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use rand::SeedableRng;
@@ -18,7 +19,8 @@ use crate::domain::render::{Alert, Payload};
 use crate::domain::schedule::{Schedule, Targets};
 use crate::domain::{ChannelKind, Lang};
 use crate::store::{
-    Clockwork, NewMessage, NewNotification, NewOutcome, RoundRow, Store, StoreError,
+    Clockwork, NewMessage, NewNotification, NewOutcome, OpenNotification, RoundRow, Store,
+    StoreError, from_ms,
 };
 
 /// Links stay usable this long after the deadline, so a late ack is still
@@ -147,12 +149,7 @@ impl Engine {
         let roster = self.store.roster(version).await?;
         let targets = self.targets(&schedule, &roster, departments, &round.label)?;
         let now = self.now();
-        let clock = Clockwork {
-            fired_at: now,
-            target_at: now + schedule.ack.target(),
-            deadline_at: now + schedule.ack.deadline(),
-            final_at: now + schedule.ack.deadline() + schedule.ack.settle(),
-        };
+        let clock = clockwork(&schedule, now);
         for _attempt in 0..5 {
             let notifications: Vec<NewNotification> = targets
                 .iter()
@@ -374,64 +371,55 @@ impl Engine {
         out
     }
 
-    async fn next_step_at(&self) -> Result<Option<DateTime<Utc>>, EngineError> {
-        let mut next = None;
-        let mut schedules: Vec<(String, Schedule)> = Vec::new();
+    /// Unacknowledged open notifications, each with its exercise's schedule
+    /// (read once per exercise).
+    async fn unacked(&self) -> Result<Vec<(OpenNotification, Arc<Schedule>)>, EngineError> {
+        let mut schedules: HashMap<String, Arc<Schedule>> = HashMap::new();
+        let mut out = Vec::new();
         for n in self.store.open_notifications().await? {
             if n.acked_at.is_some() {
                 continue;
             }
-            if !schedules.iter().any(|(id, _)| *id == n.exercise_id) {
-                schedules.push((
-                    n.exercise_id.clone(),
-                    self.schedule_of(&n.exercise_id).await?,
-                ));
-            }
-            let Some((_, s)) = schedules.iter().find(|(id, _)| *id == n.exercise_id) else {
-                continue;
-            };
-            if let Some(step) = s.escalation.get(n.step as usize) {
-                let at = crate::store::from_ms(n.fired_at) + TimeDelta::seconds(step.after_secs);
-                if at < crate::store::from_ms(n.fired_at) + s.ack.deadline() {
-                    next = Some(next.map_or(at, |x: DateTime<Utc>| x.min(at)));
+            let schedule = match schedules.get(&n.exercise_id) {
+                Some(s) => Arc::clone(s),
+                None => {
+                    let s = Arc::new(self.schedule_of(&n.exercise_id).await?);
+                    schedules.insert(n.exercise_id.clone(), Arc::clone(&s));
+                    s
                 }
-            }
+            };
+            out.push((n, schedule));
         }
-        Ok(next)
+        Ok(out)
+    }
+
+    async fn next_step_at(&self) -> Result<Option<DateTime<Utc>>, EngineError> {
+        Ok(self
+            .unacked()
+            .await?
+            .iter()
+            .filter_map(|(n, s)| step_due_at(s, from_ms(n.fired_at), n.step as usize))
+            .min())
     }
 
     /// Sends every escalation step that is due for an unacknowledged notification.
     async fn escalate(&self) -> Result<usize, EngineError> {
         let now = self.now();
         let mut sent = 0;
-        let mut cache: Vec<(String, Schedule)> = Vec::new();
-        let mut rosters: Vec<(i64, Roster)> = Vec::new();
-        for n in self.store.open_notifications().await? {
-            if n.acked_at.is_some() {
-                continue;
-            }
-            if !cache.iter().any(|(id, _)| *id == n.exercise_id) {
-                cache.push((
-                    n.exercise_id.clone(),
-                    self.schedule_of(&n.exercise_id).await?,
-                ));
-            }
-            let Some((_, schedule)) = cache.iter().find(|(id, _)| *id == n.exercise_id) else {
-                continue;
-            };
-            let fired_at = crate::store::from_ms(n.fired_at);
-            let deadline_at = fired_at + schedule.ack.deadline();
+        let mut rosters: HashMap<i64, Roster> = HashMap::new();
+        for (n, schedule) in self.unacked().await? {
+            let schedule = schedule.as_ref();
+            let fired_at = from_ms(n.fired_at);
             // Steps are numbered from 1; `n.step` is the last one sent.
             let mut step_index = n.step as usize;
-            while let Some(step) = schedule.escalation.get(step_index) {
-                let due = fired_at + TimeDelta::seconds(step.after_secs);
-                if due > now || due >= deadline_at {
+            while let Some(due) = step_due_at(schedule, fired_at, step_index) {
+                if due > now {
                     break;
                 }
-                if !rosters.iter().any(|(v, _)| *v == n.roster_version) {
-                    rosters.push((n.roster_version, self.store.roster(n.roster_version).await?));
+                if let Entry::Vacant(slot) = rosters.entry(n.roster_version) {
+                    slot.insert(self.store.roster(n.roster_version).await?);
                 }
-                let Some((_, roster)) = rosters.iter().find(|(v, _)| *v == n.roster_version) else {
+                let Some(roster) = rosters.get(&n.roster_version) else {
                     break;
                 };
                 let Some(dept) = roster.department(&n.department) else {
@@ -443,12 +431,7 @@ impl Engine {
                     .await?
                     .into_iter()
                     .collect();
-                let clock = Clockwork {
-                    fired_at,
-                    target_at: fired_at + schedule.ack.target(),
-                    deadline_at,
-                    final_at: deadline_at + schedule.ack.settle(),
-                };
+                let clock = clockwork(schedule, fired_at);
                 let mut done = false;
                 for _attempt in 0..5 {
                     let outcomes = self.outcomes_for_step(
@@ -520,4 +503,27 @@ pub async fn load_exercise(
         .save_exercise(&schedule.id, &schedule.title, &json, version, &rounds, now)
         .await?;
     Ok((result, rounds.len(), version))
+}
+
+/// When step `index` (0-based) of a notification fired at `fired_at` is due,
+/// if the schedule has it and it falls before the deadline.
+fn step_due_at(
+    schedule: &Schedule,
+    fired_at: DateTime<Utc>,
+    index: usize,
+) -> Option<DateTime<Utc>> {
+    let step = schedule.escalation.get(index)?;
+    let due = fired_at + TimeDelta::seconds(step.after_secs);
+    (due < fired_at + schedule.ack.deadline()).then_some(due)
+}
+
+/// The instants a notification fired at `fired_at` is measured against.
+fn clockwork(schedule: &Schedule, fired_at: DateTime<Utc>) -> Clockwork {
+    let deadline_at = fired_at + schedule.ack.deadline();
+    Clockwork {
+        fired_at,
+        target_at: fired_at + schedule.ack.target(),
+        deadline_at,
+        final_at: deadline_at + schedule.ack.settle(),
+    }
 }

@@ -3,8 +3,7 @@
 //! simulated contacts who acknowledge through the real `POST /a/{token}`
 //! endpoint after seeded random delays (some never).
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -17,6 +16,7 @@ use crate::channel::Channels;
 use crate::clock::{ManualClock, SharedClock};
 use crate::config::{Config, ProviderKind, Secrets, SmsProvider, Smtp, Tls};
 use crate::dispatch::Dispatcher;
+use crate::domain::codes::LinkToken;
 use crate::domain::contacts::Roster;
 use crate::domain::schedule::{self, Schedule};
 use crate::engine::Engine;
@@ -221,7 +221,7 @@ pub async fn run(
         // decides once per token whether and when to answer.
         let mut tokens: Vec<String> = Vec::new();
         for m in mails.since(seen_mail) {
-            tokens.extend(link_token(&m.body()));
+            tokens.extend(LinkToken::find_in(&m.body()).map(|t| t.as_str().to_owned()));
         }
         seen_mail = mails.len();
         for h in hooks.since(seen_hooks) {
@@ -290,41 +290,4 @@ pub async fn run(
 
 async fn bind() -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind("127.0.0.1:0").await
-}
-
-/// The token in an email's confirm link (`…/a/<32 hex>`).
-fn link_token(body: &str) -> Option<String> {
-    let start = body.find("/a/")? + 3;
-    let token: String = body[start..]
-        .chars()
-        .take_while(char::is_ascii_hexdigit)
-        .collect();
-    (token.len() == 32).then_some(token)
-}
-
-/// Loads contacts and a schedule for `simulate`; problems are returned as text.
-pub fn load_inputs(
-    contacts: &Path,
-    schedule_file: &Path,
-) -> Result<(Roster, Schedule), Vec<crate::yaml::Problem>> {
-    let mut problems = crate::yaml::Problems::default();
-    let (roster, index) = crate::domain::contacts::load_dir(contacts, &mut problems);
-    let schedule = schedule::load_file(schedule_file, Some((&roster, &index)), &mut problems);
-    match schedule {
-        Some(s) if !problems.has_errors() => Ok((roster, s)),
-        _ => Err(problems
-            .into_sorted()
-            .into_iter()
-            .filter(|p| p.severity == crate::yaml::Severity::Error)
-            .collect()),
-    }
-}
-
-/// Counts per status, for a one-line summary.
-pub fn tally(report: &crate::report::Report) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for r in &report.rows {
-        *m.entry(r.status.clone()).or_insert(0) += 1;
-    }
-    m
 }

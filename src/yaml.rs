@@ -413,6 +413,19 @@ fn line_col_of_byte(bytes: &[u8], offset: usize) -> (u64, u64) {
     (line, (offset - col_start) as u64 + 1)
 }
 
+/// The `*.yaml` / `*.yml` files directly in `dir`, sorted by name.
+pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// A view of a mapping node that records which keys were read, so the ones
 /// nobody asked for are reported as unknown.
 pub struct MapView<'a> {

@@ -1,6 +1,6 @@
 //! Office hours: which local times count as "in hours" for a department.
 
-use chrono::{Datelike, NaiveDateTime, NaiveTime, Weekday};
+use chrono::{Datelike, NaiveDateTime, NaiveTime};
 use serde::{Deserialize, Serialize};
 
 use crate::yaml::{Node, Problems, scalar};
@@ -88,10 +88,6 @@ impl OfficeHours {
             (Some(first), Some(last)) => local.time() >= first.0 && local.time() < last.1,
             _ => false,
         }
-    }
-
-    pub fn for_weekday(&self, w: Weekday) -> &[(NaiveTime, NaiveTime)] {
-        &self.days[w.num_days_from_monday() as usize]
     }
 }
 

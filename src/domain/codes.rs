@@ -87,6 +87,16 @@ impl LinkToken {
         &self.0
     }
 
+    /// The token in a confirm link (`…/a/<token>`) inside a message text.
+    pub fn find_in(text: &str) -> Option<Self> {
+        let start = text.find("/a/")? + 3;
+        let candidate: String = text[start..]
+            .chars()
+            .take_while(char::is_ascii_hexdigit)
+            .collect();
+        Self::parse(&candidate)
+    }
+
     /// What the store keeps: a leaked database does not leak live links.
     pub fn digest(&self) -> String {
         sha256_hex(self.0.as_bytes())
@@ -127,6 +137,9 @@ mod tests {
         assert_eq!(LinkToken::parse(t.as_str()), Some(t.clone()));
         assert_eq!(t.digest().len(), 64);
         assert!(LinkToken::parse("../../etc/passwd").is_none());
+        let body = format!("open http://x/a/{} and press Confirm", t.as_str());
+        assert_eq!(LinkToken::find_in(&body), Some(t.clone()));
+        assert!(LinkToken::find_in("no link here").is_none());
         assert!(LinkToken::parse(&"A".repeat(32)).is_none());
     }
 }

@@ -1,6 +1,6 @@
 //! The contacts directory: one YAML file per department (PRODUCT.md §2.1).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
@@ -124,8 +124,8 @@ pub struct RosterIndex {
 pub fn load_dir(dir: &Path, problems: &mut Problems) -> (Roster, RosterIndex) {
     let mut roster = Roster::default();
     let mut index = RosterIndex::default();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
+    let files = match yaml::yaml_files(dir) {
+        Ok(f) => f,
         Err(e) => {
             problems.error(
                 dir,
@@ -135,14 +135,6 @@ pub fn load_dir(dir: &Path, problems: &mut Problems) -> (Roster, RosterIndex) {
             return (roster, index);
         }
     };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-        })
-        .collect();
-    files.sort();
     if files.is_empty() {
         problems.error(dir, Pos::START, "contacts directory has no .yaml files");
     }
@@ -449,13 +441,4 @@ pub fn is_env_name(s: &str) -> bool {
         && !s.starts_with(|c: char| c.is_ascii_digit())
         && s.chars()
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-}
-
-/// Contacts per role, for the escalation steps.
-pub fn by_role(dept: &Department) -> BTreeMap<Role, Vec<&Contact>> {
-    let mut map: BTreeMap<Role, Vec<&Contact>> = BTreeMap::new();
-    for c in &dept.contacts {
-        map.entry(c.role).or_default().push(c);
-    }
-    map
 }

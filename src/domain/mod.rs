@@ -296,8 +296,6 @@ pub enum ChannelKind {
 }
 
 impl ChannelKind {
-    pub const ALL: [ChannelKind; 3] = [ChannelKind::Sms, ChannelKind::Email, ChannelKind::Webhook];
-
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "sms" => Ok(ChannelKind::Sms),

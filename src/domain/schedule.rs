@@ -219,6 +219,25 @@ pub fn load_file(
     load(&root, path, roster, problems)
 }
 
+/// Loads the contacts directory and one schedule checked against it, as
+/// `exercise load` and `simulate` need them; the errors otherwise.
+pub fn load_with_contacts(
+    contacts_dir: &Path,
+    schedule_file: &Path,
+) -> Result<(Roster, Schedule), Vec<yaml::Problem>> {
+    let mut problems = Problems::default();
+    let (roster, index) = super::contacts::load_dir(contacts_dir, &mut problems);
+    let schedule = load_file(schedule_file, Some((&roster, &index)), &mut problems);
+    match schedule {
+        Some(s) if !problems.has_errors() => Ok((roster, s)),
+        _ => Err(problems
+            .into_sorted()
+            .into_iter()
+            .filter(|p| p.severity == yaml::Severity::Error)
+            .collect()),
+    }
+}
+
 pub fn load(
     root: &Node,
     path: &Path,

@@ -1,7 +1,8 @@
-//! Notification and message states, and the rule that turns a
-//! notification's outcome rows into its final status (PRODUCT.md §6).
+//! A notification's status and the rule that derives it (PRODUCT.md §6).
+//! The store finalises notifications with [`status_at`], so the rule lives
+//! in one place.
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// A department's status inside one round.
@@ -18,16 +19,6 @@ pub enum NotificationStatus {
 }
 
 impl NotificationStatus {
-    pub const ALL: [NotificationStatus; 7] = [
-        NotificationStatus::Open,
-        NotificationStatus::Escalated,
-        NotificationStatus::OnTarget,
-        NotificationStatus::Late,
-        NotificationStatus::Missed,
-        NotificationStatus::Unreachable,
-        NotificationStatus::Cancelled,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             NotificationStatus::Open => "open",
@@ -40,10 +31,6 @@ impl NotificationStatus {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
     pub fn is_final(self) -> bool {
         !matches!(
             self,
@@ -52,87 +39,29 @@ impl NotificationStatus {
     }
 }
 
-/// An outbox row's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MessageState {
-    Pending,
-    Sending,
-    Accepted,
-    Delivered,
-    Undelivered,
-    Failed,
-    Expired,
-    Cancelled,
-    NotConfigured,
-}
-
-impl MessageState {
-    pub const ALL: [MessageState; 9] = [
-        MessageState::Pending,
-        MessageState::Sending,
-        MessageState::Accepted,
-        MessageState::Delivered,
-        MessageState::Undelivered,
-        MessageState::Failed,
-        MessageState::Expired,
-        MessageState::Cancelled,
-        MessageState::NotConfigured,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MessageState::Pending => "pending",
-            MessageState::Sending => "sending",
-            MessageState::Accepted => "accepted",
-            MessageState::Delivered => "delivered",
-            MessageState::Undelivered => "undelivered",
-            MessageState::Failed => "failed",
-            MessageState::Expired => "expired",
-            MessageState::Cancelled => "cancelled",
-            MessageState::NotConfigured => "not_configured",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
-    /// The provider took the message: it counts as reaching the department
-    /// for the `missed` / `unreachable` split.
-    pub fn reached_provider(self) -> bool {
-        matches!(self, MessageState::Accepted | MessageState::Delivered)
-    }
-}
-
-/// What the final-status rule needs to know about one notification.
+/// What the status rule needs to know about one notification; the
+/// instants are T0 + target, T0 + deadline and deadline + settle.
 #[derive(Debug, Clone)]
 pub struct NotificationFacts {
-    pub fired_at: DateTime<Utc>,
-    /// The first valid ack from a contact whose ack counts (not an observer).
+    pub target_at: DateTime<Utc>,
+    pub deadline_at: DateTime<Utc>,
+    pub final_at: DateTime<Utc>,
+    /// The first valid ack within the deadline from a contact whose ack
+    /// counts (not an observer).
     pub first_ack_at: Option<DateTime<Utc>>,
     /// Whether any message of this notification was accepted or delivered.
     pub any_message_reached_provider: bool,
     pub escalated: bool,
 }
 
-/// The status of a notification at `now`, with `target` and `deadline`
-/// measured from T0 and `settle` the grace before it becomes final.
-pub fn status_at(
-    facts: &NotificationFacts,
-    target: TimeDelta,
-    deadline: TimeDelta,
-    settle: TimeDelta,
-    now: DateTime<Utc>,
-) -> NotificationStatus {
-    let target_at = facts.fired_at + target;
-    let deadline_at = facts.fired_at + deadline;
+/// The status of a notification at `now`.
+pub fn status_at(facts: &NotificationFacts, now: DateTime<Utc>) -> NotificationStatus {
     match facts.first_ack_at {
-        Some(at) if at <= target_at => return NotificationStatus::OnTarget,
-        Some(at) if at <= deadline_at => return NotificationStatus::Late,
+        Some(at) if at <= facts.target_at => return NotificationStatus::OnTarget,
+        Some(at) if at <= facts.deadline_at => return NotificationStatus::Late,
         _ => {}
     }
-    if now < deadline_at + settle {
+    if now < facts.final_at {
         return if facts.escalated {
             NotificationStatus::Escalated
         } else {
@@ -149,27 +78,27 @@ pub fn status_at(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeDelta;
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2027-02-27T14:00:00Z")
+            .unwrap()
+            .to_utc()
+    }
 
     fn facts(ack_min: Option<i64>, reached: bool) -> NotificationFacts {
-        let t0 = DateTime::parse_from_rfc3339("2027-02-27T14:00:00Z")
-            .unwrap()
-            .to_utc();
         NotificationFacts {
-            fired_at: t0,
-            first_ack_at: ack_min.map(|m| t0 + TimeDelta::minutes(m)),
+            target_at: t0() + TimeDelta::minutes(30),
+            deadline_at: t0() + TimeDelta::minutes(60),
+            final_at: t0() + TimeDelta::minutes(61),
+            first_ack_at: ack_min.map(|m| t0() + TimeDelta::minutes(m)),
             any_message_reached_provider: reached,
             escalated: false,
         }
     }
 
     fn at(f: &NotificationFacts, mins: i64) -> NotificationStatus {
-        status_at(
-            f,
-            TimeDelta::minutes(30),
-            TimeDelta::minutes(60),
-            TimeDelta::minutes(1),
-            f.fired_at + TimeDelta::minutes(mins),
-        )
+        status_at(f, t0() + TimeDelta::minutes(mins))
     }
 
     #[test]
@@ -189,5 +118,6 @@ mod tests {
         assert_eq!(at(&facts(None, false), 60), NotificationStatus::Open);
         assert_eq!(at(&facts(None, false), 61), NotificationStatus::Unreachable);
         assert_eq!(at(&facts(None, true), 61), NotificationStatus::Missed);
+        assert!(!at(&facts(None, true), 60).is_final());
     }
 }

@@ -2,9 +2,11 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 
+use crate::domain::status::{NotificationFacts, status_at};
+
 use super::{
-    AckOutcome, ClaimedMessage, NewNotification, NewOutcome, OpenNotification, ReportRow, Result,
-    SendResult, Store, StoreError, TokenInfo, WritePool, from_ms, ms,
+    AckOutcome, ClaimedMessage, DueNotification, NewNotification, NewOutcome, OpenNotification,
+    ReportRow, Result, SendResult, Store, StoreError, TokenInfo, WritePool, from_ms, ms,
 };
 
 /// The instants a notification is measured against.
@@ -310,27 +312,49 @@ impl Store {
 
     // ---- finalisation --------------------------------------------------
 
-    /// Makes every notification past `final_at` final, per PRODUCT.md §6.
-    /// Returns how many became final.
+    /// Makes every notification past `final_at` final with the status rule
+    /// of [`status_at`], and closes rounds with nothing left open. Returns
+    /// how many notifications became final.
     pub async fn finalise_due(&self, now: DateTime<Utc>) -> Result<u64> {
-        const Q: &str = "UPDATE notifications SET finalised_at = $1, status = CASE \
-               WHEN acked_at IS NOT NULL AND acked_at <= target_at THEN 'on_target' \
-               WHEN acked_at IS NOT NULL AND acked_at <= deadline_at THEN 'late' \
-               WHEN EXISTS (SELECT 1 FROM messages m WHERE m.notification_id = notifications.id \
-                            AND m.state IN ('accepted', 'delivered')) THEN 'missed' \
-               ELSE 'unreachable' END \
-             WHERE status IN ('open', 'escalated') AND final_at <= $1";
+        const DUE: &str = "SELECT n.id, n.target_at, n.deadline_at, n.final_at, n.acked_at, n.step, \
+             EXISTS (SELECT 1 FROM messages m WHERE m.notification_id = n.id \
+                     AND m.state IN ('accepted', 'delivered')) AS reached \
+             FROM notifications n WHERE n.status IN ('open', 'escalated') AND n.final_at <= $1";
+        const SET: &str = "UPDATE notifications SET status = $1, finalised_at = $2 \
+             WHERE id = $3 AND status IN ('open', 'escalated')";
         const CLOSE_ROUNDS: &str = "UPDATE rounds SET state = 'closed', closed_at = $1 WHERE state = 'fired' \
              AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.round_id = rounds.id AND n.status IN ('open', 'escalated'))";
         let done = on_db!(self, |p| {
             let mut tx = p.begin_write().await?;
-            let done = sqlx::query(Q).bind(ms(now)).execute(&mut *tx).await?;
+            let due: Vec<DueNotification> = sqlx::query_as(DUE)
+                .bind(ms(now))
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut done = 0;
+            for n in due {
+                let facts = NotificationFacts {
+                    target_at: from_ms(n.target_at),
+                    deadline_at: from_ms(n.deadline_at),
+                    final_at: from_ms(n.final_at),
+                    first_ack_at: n.acked_at.map(from_ms),
+                    any_message_reached_provider: n.reached,
+                    escalated: n.step > 1,
+                };
+                let status = status_at(&facts, now);
+                done += sqlx::query(SET)
+                    .bind(status.as_str())
+                    .bind(ms(now))
+                    .bind(n.id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
             sqlx::query(CLOSE_ROUNDS)
                 .bind(ms(now))
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            Ok::<_, sqlx::Error>(done.rows_affected())
+            Ok::<_, sqlx::Error>(done)
         })?;
         Ok(done)
     }

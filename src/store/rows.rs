@@ -169,3 +169,15 @@ pub struct ReportRow {
     pub messages: i64,
     pub messages_reached: i64,
 }
+
+/// A notification whose `final_at` has passed, with what its status needs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DueNotification {
+    pub id: i64,
+    pub target_at: i64,
+    pub deadline_at: i64,
+    pub final_at: i64,
+    pub acked_at: Option<i64>,
+    pub step: i64,
+    pub reached: bool,
+}

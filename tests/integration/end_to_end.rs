@@ -12,6 +12,7 @@ use rollcall::channel::Channels;
 use rollcall::clock::{Clock, ManualClock, SharedClock};
 use rollcall::config::{Config, ProviderKind, Secrets, SmsProvider, Smtp, Tls};
 use rollcall::dispatch::Dispatcher;
+use rollcall::domain::codes::LinkToken;
 use rollcall::domain::contacts::{self, Roster};
 use rollcall::domain::schedule;
 use rollcall::engine::Engine;
@@ -90,15 +91,6 @@ fn signature_is_valid(hook: &ReceivedWebhook) -> bool {
     let mut signed = format!("{t}.").into_bytes();
     signed.extend_from_slice(&hook.body);
     hmac_hex(HOOK_SECRET, &signed) == v1
-}
-
-fn token_in(text: &str) -> Option<String> {
-    let start = text.find("/a/")? + 3;
-    let token: String = text[start..]
-        .chars()
-        .take_while(char::is_ascii_hexdigit)
-        .collect();
-    (token.len() == 32).then_some(token)
 }
 
 async fn start_peers(clock: SharedClock, store: &Store) -> Option<Peers> {
@@ -310,7 +302,10 @@ async fn a_round_reaches_every_department_and_the_report_agrees(store: Store) {
             .find(|w| w.len() == 5 && rollcall::domain::codes::AckCode::parse(w).is_ok())
             .unwrap_or_else(|| panic!("subject carries the code: {}", m.subject));
         assert!(body.contains(code), "body carries the code");
-        let token = token_in(body).expect("email carries a confirm link");
+        let token = LinkToken::find_in(body)
+            .expect("email carries a confirm link")
+            .as_str()
+            .to_owned();
         reached.insert(contact.department.to_string());
         tokens
             .entry(contact.department.to_string())
