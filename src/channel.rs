@@ -62,9 +62,15 @@ pub struct Channels {
     secrets: Secrets,
 }
 
+/// Installs the process's TLS crypto provider (ring) once; reqwest is built
+/// without one so that only one provider is ever compiled in.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl Channels {
     pub fn from_config(cfg: &Config, secrets: Secrets) -> Result<Self, ChannelSetupError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))

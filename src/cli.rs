@@ -1,6 +1,7 @@
 //! The command line. Every command writes to the store; only `run` (the
 //! daemon) and `simulate` send anything.
 
+use std::future::Future;
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::clock::{SharedClock, SystemClock};
+use crate::clock::SharedClock;
 use crate::config::{self, Config, Secrets};
 use crate::domain::contacts::{self, Roster};
 use crate::domain::schedule::{self, Schedule};
@@ -36,6 +37,8 @@ macro_rules! out_raw {
 /// Exit codes (README "Exit codes").
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILURE: i32 = 1;
+/// Usage errors: clap's own code, and arguments that name nothing.
+pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_INVALID: i32 = 3;
 
 /// An error that carries its exit code.
@@ -229,7 +232,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Some(db) = &cli.db {
         cfg.database = db.clone();
     }
-    let clock: SharedClock = Arc::new(SystemClock);
+    let clock: SharedClock = crate::clock::from_env();
     match &cli.command {
         Command::Check(args) => return check(&cli, &cfg, problems, args),
         Command::Simulate(args) => {
@@ -287,21 +290,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Run => {
             store.check_schema().await?;
             let _lock = crate::daemon::lock_instance(&cfg.database)?;
+            let shutdown = shutdown_signal()?;
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
                 .with_context(|| format!("binding {}", cfg.listen))?;
-            eprintln!(
-                "rollcall: listening on http://{} (database {})",
-                listener.local_addr()?,
-                store.backend()
-            );
             crate::daemon::run(
                 &cfg,
                 store.clone(),
                 clock,
                 Secrets::from_env(),
                 listener,
-                shutdown_signal(),
+                shutdown,
             )
             .await?;
             EXIT_OK
@@ -614,7 +613,7 @@ async fn exercise(
             if cli.json {
                 let rs: Vec<_> = rounds
                     .iter()
-                    .map(|r| serde_json::json!({"round": r.label, "planned_at": crate::store::from_ms(r.planned_at), "state": r.state, "fired_at": r.fired_at.map(crate::store::from_ms)}))
+                    .map(|r| serde_json::json!({"round": r.label, "planned_at": crate::store::from_ms(r.planned_at), "state": r.state, "reason": r.state_reason, "fired_at": r.fired_at.map(crate::store::from_ms), "departments": r.departments}))
                     .collect();
                 out!(
                     "{}",
@@ -629,8 +628,13 @@ async fn exercise(
                     e.roster_version
                 );
                 for r in rounds {
+                    let reason = r
+                        .state_reason
+                        .as_deref()
+                        .map(|why| format!(" ({why})"))
+                        .unwrap_or_default();
                     out!(
-                        "  {:<4} {}  {}",
+                        "  {:<4} {}  {}{reason}",
                         r.label,
                         crate::store::from_ms(r.planned_at).format("%Y-%m-%d %H:%M UTC"),
                         r.state
@@ -695,7 +699,36 @@ async fn fire(
     }
     let codes: Option<Vec<String>> =
         departments.map(|d| d.iter().map(|c| c.trim().to_ascii_uppercase()).collect());
-    let round = store.insert_adhoc_round(exercise, now, !alive).await?;
+    if let Some(codes) = &codes {
+        // Checked before the round is written: a stored round with a bad
+        // list would otherwise be picked up by the daemon.
+        let version = store.latest_roster_version().await?.ok_or_else(|| {
+            anyhow::anyhow!("no roster loaded; run `rollcall contacts load` first")
+        })?;
+        let roster = store.roster(version).await?;
+        let unknown: Vec<&str> = codes
+            .iter()
+            .filter(|c| roster.department(c).is_none())
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() || codes.is_empty() {
+            return Err(Exit {
+                code: EXIT_USAGE,
+                message: format!(
+                    "rollcall: --departments names no department of roster version {version}: {}",
+                    if unknown.is_empty() {
+                        "(empty list)".to_owned()
+                    } else {
+                        unknown.join(", ")
+                    }
+                ),
+            }
+            .into());
+        }
+    }
+    let round = store
+        .insert_adhoc_round(exercise, now, !alive, codes.as_deref())
+        .await?;
     if alive {
         let engine = Engine::new(
             store.clone(),
@@ -768,23 +801,25 @@ fn tempdir_for_simulation() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM or SIGINT. The handlers are installed before this returns, so a
+/// signal that arrives while the daemon starts up still stops it cleanly.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

@@ -71,6 +71,57 @@ impl Clock for ManualClock {
     }
 }
 
+/// Virtual time shared across processes, for black-box tests of the real
+/// binary: every reading is the RFC 3339 instant in a file the test writes.
+/// Built only with the `test-clock` feature, which release builds never have.
+#[cfg(feature = "test-clock")]
+#[derive(Debug)]
+pub struct FileClock {
+    path: std::path::PathBuf,
+}
+
+#[cfg(feature = "test-clock")]
+impl FileClock {
+    /// The environment variable that names the clock file.
+    pub const ENV: &str = "ROLLCALL_TEST_CLOCK_FILE";
+
+    pub fn new(path: impl Into<std::path::PathBuf>) -> Self {
+        FileClock { path: path.into() }
+    }
+
+    /// The clock named by [`FileClock::ENV`], if set.
+    pub fn from_env() -> Option<Self> {
+        std::env::var_os(Self::ENV)
+            .filter(|p| !p.is_empty())
+            .map(FileClock::new)
+    }
+}
+
+#[cfg(feature = "test-clock")]
+impl Clock for FileClock {
+    fn now(&self) -> DateTime<Utc> {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        DateTime::parse_from_rfc3339(text.trim())
+            .map(|t| t.to_utc())
+            .unwrap_or_else(|e| {
+                panic!(
+                    "test clock {} must hold an RFC 3339 instant, not {text:?}: {e}",
+                    self.path.display()
+                )
+            })
+    }
+}
+
+/// The process's clock: wall time, or a test's file clock when the
+/// `test-clock` feature is built in and [`FileClock::ENV`] is set.
+pub fn from_env() -> SharedClock {
+    #[cfg(feature = "test-clock")]
+    if let Some(c) = FileClock::from_env() {
+        return Arc::new(c);
+    }
+    Arc::new(SystemClock)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

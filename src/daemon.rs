@@ -24,6 +24,7 @@ pub fn engine_settings(cfg: &Config) -> EngineSettings {
     EngineSettings {
         public_url: cfg.public_url.clone(),
         sms_mode: cfg.sms_mode,
+        grace: cfg.grace,
     }
 }
 
@@ -96,6 +97,7 @@ pub async fn run(
         worker,
     );
 
+    let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http = {
         let mut rx = stop_rx.clone();
@@ -121,9 +123,17 @@ pub async fn run(
         )
         .await?;
 
+    // Announced after the first heartbeat, so `round fire` accepts work as
+    // soon as an operator (or a test) sees this line.
+    store.heartbeat("daemon", clock.now()).await?;
+    let mut last_heartbeat = Some(clock.now());
+    eprintln!(
+        "rollcall: listening on http://{addr} (database {})",
+        store.backend()
+    );
+
     let mut shutdown = std::pin::pin!(shutdown);
     let mut changes = clock.changes();
-    let mut last_heartbeat = None;
     loop {
         let now = clock.now();
         if last_heartbeat.is_none_or(|t| now - t >= HEARTBEAT_EVERY) {

@@ -45,12 +45,16 @@ pub enum EngineError {
 pub struct EngineSettings {
     pub public_url: String,
     pub sms_mode: SenderMode,
+    /// A round missed by less than this (daemon down, queued) still fires
+    /// late; an older one is recorded `skipped` (`delivery.grace`).
+    pub grace: TimeDelta,
 }
 
 /// What one tick did, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TickReport {
     pub rounds_fired: Vec<String>,
+    pub rounds_skipped: Vec<String>,
     pub steps_sent: usize,
     pub finalised: u64,
 }
@@ -112,15 +116,74 @@ impl Engine {
     pub async fn tick(&self) -> Result<TickReport, EngineError> {
         let mut report = TickReport::default();
         for round in self.store.due_rounds(self.now()).await? {
-            if self.fire(&round, None).await? {
-                report
-                    .rounds_fired
-                    .push(format!("{}/{}", round.exercise_id, round.label));
+            let name = format!("{}/{}", round.exercise_id, round.label);
+            let late = self.now() - from_ms(round.planned_at);
+            if late > self.settings.grace {
+                if self.skip_late(&round, late).await? {
+                    report.rounds_skipped.push(name);
+                }
+                continue;
+            }
+            // A queued ad-hoc round keeps the departments it was fired for.
+            let only: Option<Vec<String>> = round
+                .departments
+                .as_deref()
+                .map(|d| d.split(',').map(str::to_owned).collect());
+            match self.fire(&round, only.as_deref()).await {
+                Ok(true) => report.rounds_fired.push(name),
+                Ok(false) => {}
+                // The roster changed under a queued round: record why it did not fire
+                // rather than retrying it forever.
+                Err(EngineError::UnknownDepartments(codes)) => {
+                    let reason = format!("departments no longer in the roster: {codes}");
+                    if self
+                        .store
+                        .skip_round(round.id, "skipped", &reason, self.now())
+                        .await?
+                    {
+                        tracing::warn!(round = %name, %reason, "round skipped");
+                        report.rounds_skipped.push(name);
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
         report.steps_sent = self.escalate().await?;
         report.finalised = self.store.finalise_due(self.now()).await?;
         Ok(report)
+    }
+
+    /// Records a round that was due longer ago than `delivery.grace` as
+    /// `skipped`, with how late it was. Returns false if it had moved on.
+    async fn skip_late(&self, round: &RoundRow, late: TimeDelta) -> Result<bool, EngineError> {
+        let now = self.now();
+        let reason = format!(
+            "missed by {} (grace {}); the daemon was not running at its time",
+            crate::domain::format_duration(late),
+            crate::domain::format_duration(self.settings.grace)
+        );
+        if !self
+            .store
+            .skip_round(round.id, "skipped", &reason, now)
+            .await?
+        {
+            return Ok(false);
+        }
+        self.store
+            .event(
+                now,
+                "round.skipped",
+                Some(&round.exercise_id),
+                serde_json::json!({
+                    "round": round.label,
+                    "planned_at": round.planned_at,
+                    "lateness_ms": late.num_milliseconds(),
+                    "reason": reason,
+                }),
+            )
+            .await?;
+        tracing::warn!(exercise.id = %round.exercise_id, round = %round.label, %reason, "round skipped");
+        Ok(true)
     }
 
     /// The next instant the engine has something to do, if any.

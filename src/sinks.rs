@@ -1410,7 +1410,7 @@ mod tests {
     }
 
     fn http_client() -> reqwest::Client {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::channel::install_crypto_provider();
         reqwest::Client::new()
     }
 

@@ -162,14 +162,18 @@ impl Store {
         Ok(v.map(from_ms))
     }
 
-    /// Inserts an ad-hoc round (`A01`, `A02`, ...) to be fanned out now.
+    /// Inserts an ad-hoc round (`A01`, `A02`, ...) to be fanned out now, or
+    /// when the daemon next runs if `queued`. `departments` narrows its
+    /// targets and is kept on the row, so a queued round remembers them.
     pub async fn insert_adhoc_round(
         &self,
         exercise: &str,
         now: DateTime<Utc>,
         queued: bool,
+        departments: Option<&[String]>,
     ) -> Result<RoundRow> {
         let state = if queued { "queued" } else { "planned" };
+        let departments = departments.map(|d| d.join(","));
         on_db!(self, |p| {
             let mut tx = p.begin_write().await?;
             let n: i64 = sqlx::query_scalar(
@@ -180,8 +184,8 @@ impl Store {
             .await?;
             let label = format!("A{:02}", n + 1);
             let slot = format!("adhoc{}@{}", n + 1, now.timestamp());
-            let id: i64 = sqlx::query_scalar("INSERT INTO rounds (exercise_id, label, slot, planned_at, state) VALUES ($1, $2, $3, $4, $5) RETURNING id")
-                .bind(exercise).bind(&label).bind(&slot).bind(ms(now)).bind(state)
+            let id: i64 = sqlx::query_scalar("INSERT INTO rounds (exercise_id, label, slot, planned_at, state, departments) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id")
+                .bind(exercise).bind(&label).bind(&slot).bind(ms(now)).bind(state).bind(&departments)
                 .fetch_one(&mut *tx).await?;
             tx.commit().await?;
             Ok::<_, StoreError>(RoundRow {
@@ -195,7 +199,7 @@ impl Store {
                 state: state.to_owned(),
                 state_reason: None,
                 roster_version: None,
-                departments: None,
+                departments,
             })
         })
     }

@@ -1,5 +1,6 @@
 //! Shared test harness: the real binary, databases, servers.
 
+pub mod daemon;
 pub mod smtp_server;
 
 use std::path::PathBuf;
