@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
+use serde_saphyr::budget::BudgetBreach;
 
 /// Files bigger than this are refused before parsing: no sane contacts or
 /// schedule file comes near it, and it bounds the parser's work.
@@ -297,8 +298,9 @@ pub fn parse(text: &str) -> Result<Node, ParseFailure> {
             span: None,
         });
     }
+    let budget = serde_saphyr::Budget::default();
     let options = serde_saphyr::options! {
-        budget: Some(serde_saphyr::Budget::default()),
+        budget: Some(budget.clone()),
         strict_booleans: true,
     };
     let mut root = serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|e| {
@@ -309,10 +311,11 @@ pub fn parse(text: &str) -> Result<Node, ParseFailure> {
                 column: l.column().max(1),
             })
             .unwrap_or(Pos::START);
-        ParseFailure {
-            pos,
-            message: first_line_of(&e.to_string()),
-        }
+        let message = match budget_breach(&e) {
+            Some(breach) => refusal(breach, &budget),
+            None => first_line_of(&e.to_string()),
+        };
+        ParseFailure { pos, message }
     })?;
     restore_numbers(&mut root, text);
     Ok(root)
@@ -334,6 +337,60 @@ fn restore_numbers(node: &mut Node, text: &str) {
             restore_numbers(v, text);
         }),
         _ => {}
+    }
+}
+
+/// The budget limit that stopped the parser, under any alias or snippet
+/// wrapping, if that is why it stopped.
+fn budget_breach(mut e: &serde_saphyr::Error) -> Option<&BudgetBreach> {
+    loop {
+        match e {
+            serde_saphyr::Error::WithSnippet { error, .. }
+            | serde_saphyr::Error::AliasError { error, .. } => e = error,
+            serde_saphyr::Error::Budget { breach, .. } => return Some(breach),
+            _ => return None,
+        }
+    }
+}
+
+/// Says in the operator's words why a file tripped the parser's budget (the
+/// parser's own message is the budget's Rust name, e.g. `Nodes { .. }`). The
+/// document may be valid YAML, so this is not called a syntax error.
+fn refusal(breach: &BudgetBreach, budget: &serde_saphyr::Budget) -> String {
+    match breach {
+        BudgetBreach::Depth { .. } => format!(
+            "document nested too deeply (limit {} levels)",
+            budget.max_depth
+        ),
+        BudgetBreach::Nodes { .. } => format!(
+            "document too large or too many aliases (limit {} values once aliases are expanded)",
+            budget.max_nodes
+        ),
+        BudgetBreach::Events { .. } => format!(
+            "document too large or too many aliases (limit {} parser events)",
+            budget.max_events
+        ),
+        BudgetBreach::Aliases { .. } => {
+            format!("too many aliases (limit {})", budget.max_aliases)
+        }
+        BudgetBreach::Anchors { .. } => {
+            format!("too many anchors (limit {})", budget.max_anchors)
+        }
+        BudgetBreach::AliasAnchorRatio { .. } => format!(
+            "too many aliases for its anchors (limit {} uses per anchor)",
+            budget.alias_anchor_ratio_multiplier
+        ),
+        BudgetBreach::Documents { .. } => {
+            format!("too many YAML documents (limit {})", budget.max_documents)
+        }
+        BudgetBreach::MergeKeys { .. } => {
+            format!("too many merge keys `<<` (limit {})", budget.max_merge_keys)
+        }
+        BudgetBreach::ScalarBytes { .. } => format!(
+            "document too large (limit {} bytes of text)",
+            budget.max_total_scalar_bytes
+        ),
+        _ => "document too large or too many aliases".to_owned(),
     }
 }
 
@@ -429,10 +486,12 @@ pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// A view of a mapping node that records which keys were read, so the ones
 /// nobody asked for are reported as unknown.
 pub struct MapView<'a> {
-    node: &'a Node,
     entries: &'a [(Node, Node)],
     path: &'a Path,
     allowed: &'static [&'static str],
+    /// Where problems about the mapping as a whole (a missing key) are
+    /// reported: the key that owns it when known, else its first key.
+    owner: Pos,
 }
 
 impl<'a> MapView<'a> {
@@ -474,35 +533,60 @@ impl<'a> MapView<'a> {
             }
         }
         Some(MapView {
-            node,
             entries,
             path,
             allowed,
+            owner: node.pos,
         })
     }
 
+    /// Opens the value of `key` as a mapping, like [`MapView::open`]; its
+    /// missing keys are then reported at `key`'s own line (a block's first
+    /// key may be lines below it, or be the wrong key to point at). `None`,
+    /// silently, when the key is absent or empty.
+    pub fn child(
+        &self,
+        key: &str,
+        what: &str,
+        allowed: &'static [&'static str],
+        problems: &mut Problems,
+    ) -> Option<MapView<'a>> {
+        let (k, v) = self.entry(key)?;
+        let mut view = MapView::open(v, self.path, what, allowed, problems)?;
+        view.owner = k.pos;
+        Some(view)
+    }
+
+    /// Where problems about this mapping as a whole belong: the key that owns
+    /// it when it was opened with [`MapView::child`], else its first key.
     pub fn pos(&self) -> Pos {
-        self.node.pos
+        self.owner
+    }
+
+    /// The position of `key` itself (not of its value), when present.
+    pub fn key_pos(&self, key: &str) -> Option<Pos> {
+        self.entry(key).map(|(k, _)| k.pos)
     }
 
     pub fn get(&self, key: &str) -> Option<&'a Node> {
+        self.entry(key).map(|(_, v)| v)
+    }
+
+    /// The key and value nodes of `key`, if given and not empty.
+    fn entry(&self, key: &str) -> Option<(&'a Node, &'a Node)> {
         debug_assert!(self.allowed.contains(&key), "key {key} not declared");
         self.entries
             .iter()
             .find(|(k, _)| k.as_str() == Some(key))
-            .map(|(_, v)| v)
-            .filter(|v| v.value != Value::Null)
+            .map(|(k, v)| (k, v))
+            .filter(|(_, v)| v.value != Value::Null)
     }
 
     /// A key that must be present.
     pub fn require(&self, key: &str, what: &str, problems: &mut Problems) -> Option<&'a Node> {
         let found = self.get(key);
         if found.is_none() {
-            problems.error(
-                self.path,
-                self.node.pos,
-                format!("{what} is missing `{key}`"),
-            );
+            problems.error(self.path, self.owner, format!("{what} is missing `{key}`"));
         }
         found
     }
@@ -576,6 +660,29 @@ mod tests {
                 "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
             ));
         }
-        assert!(parse(&bomb).is_err());
+        let e = parse(&bomb).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("document too large or too many aliases (limit "),
+            "{}",
+            e.message
+        );
+        assert!(e.pos.line > 1, "not located: {:?}", e.pos);
+    }
+
+    #[test]
+    fn a_missing_key_of_a_child_block_is_reported_at_its_key() {
+        let root = parse("outer:\n  # a comment\n  a: 1\n").unwrap();
+        let path = Path::new("t.yaml");
+        let mut problems = Problems::default();
+        let top = MapView::open(&root, path, "the file", &["outer"], &mut problems).unwrap();
+        let outer = top
+            .child("outer", "`outer`", &["a", "b"], &mut problems)
+            .unwrap();
+        assert!(outer.require("b", "`outer`", &mut problems).is_none());
+        let list = problems.into_sorted();
+        assert_eq!(list.len(), 1, "{list:?}");
+        assert_eq!((list[0].line, list[0].column), (1, 1));
+        assert_eq!(list[0].message, "`outer` is missing `b`");
     }
 }

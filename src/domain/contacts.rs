@@ -1,6 +1,6 @@
 //! The contacts directory: one YAML file per department (PRODUCT.md §2.1).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
@@ -113,10 +113,92 @@ impl Roster {
 
 /// Where each loaded id was defined, so cross-references can be reported at
 /// the line that uses them and duplicates at the line that repeats them.
+///
+/// It also remembers what could not be checked. A contacts file with a YAML
+/// syntax error still names its department and contacts; a schedule naming
+/// them must not be told they are unknown, or one typo in one file becomes an
+/// error on every schedule. The file's own error is the one to fix, and
+/// `check` fails on it anyway.
 #[derive(Debug, Default)]
 pub struct RosterIndex {
     pub contact_at: HashMap<String, (PathBuf, Pos)>,
     pub department_at: HashMap<String, (PathBuf, Pos)>,
+    /// Department codes and contact ids read from the text of contacts
+    /// files that could not be loaded.
+    unchecked_departments: HashSet<String>,
+    unchecked_contacts: HashSet<String>,
+    /// Some contacts file (or the directory) could not be read far enough to
+    /// say which department it holds, so no name can be called unknown.
+    incomplete: bool,
+}
+
+impl RosterIndex {
+    /// Whether `code` is, or may be, a department of the contacts directory;
+    /// only a `false` lets a schedule's reference be called unknown.
+    pub fn may_have_department(&self, code: &str) -> bool {
+        self.incomplete
+            || self.department_at.contains_key(code)
+            || self.unchecked_departments.contains(code)
+    }
+
+    /// Whether `id` is, or may be, a contact of the contacts directory. A
+    /// contact with its own errors counts: it is there, just not valid yet.
+    pub fn may_have_contact(&self, id: &str) -> bool {
+        self.incomplete || self.contact_at.contains_key(id) || self.unchecked_contacts.contains(id)
+    }
+
+    /// Records the names a contacts file that could not be loaded appears to
+    /// hold; without a department code the file could hold any department.
+    fn note_unloaded(&mut self, file: &Path) {
+        let (codes, ids) = read_lossy(file)
+            .map(|text| names_in_text(&text))
+            .unwrap_or_default();
+        if codes.is_empty() {
+            self.incomplete = true;
+        }
+        self.unchecked_departments.extend(codes);
+        self.unchecked_contacts.extend(ids);
+    }
+}
+
+/// A contacts file's text for [`names_in_text`], undecodable bytes replaced;
+/// nothing for a file too big to be a contacts file or unreadable.
+fn read_lossy(file: &Path) -> Option<String> {
+    let len = std::fs::metadata(file).ok()?.len();
+    if len > yaml::MAX_FILE_BYTES {
+        return None;
+    }
+    let bytes = std::fs::read(file).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The department codes and contact ids a contacts file names, found without
+/// a YAML parser (which refused the file): the value after each `code:` and
+/// `id:` key, in block or flow style, kept only if it is a valid code or id.
+fn names_in_text(text: &str) -> (Vec<String>, Vec<String>) {
+    let mut codes = Vec::new();
+    let mut ids = Vec::new();
+    for line in text.lines() {
+        let line = match line.find(" #") {
+            Some(i) => &line[..i],
+            None if line.trim_start().starts_with('#') => "",
+            None => line,
+        };
+        for piece in line.split(['{', '}', ',', '[', ']']) {
+            let piece = piece.trim_start().trim_start_matches("- ").trim_start();
+            let Some((key, value)) = piece.split_once(':') else {
+                continue;
+            };
+            let key = key.trim().trim_matches(['"', '\'']);
+            let value = value.trim().trim_matches(['"', '\'']);
+            match key {
+                "code" if DepartmentCode::parse(value).is_ok() => codes.push(value.to_owned()),
+                "id" if ContactId::parse(value).is_ok() => ids.push(value.to_owned()),
+                _ => {}
+            }
+        }
+    }
+    (codes, ids)
 }
 
 /// Loads every `*.yaml` / `*.yml` file in `dir`. Problems are collected, not
@@ -132,22 +214,30 @@ pub fn load_dir(dir: &Path, problems: &mut Problems) -> (Roster, RosterIndex) {
                 Pos::START,
                 format!("cannot read contacts directory: {e}"),
             );
+            // That one error says it all; every department a schedule names
+            // would otherwise be reported as unknown too.
+            index.incomplete = true;
             return (roster, index);
         }
     };
     if files.is_empty() {
         problems.error(dir, Pos::START, "contacts directory has no .yaml files");
+        index.incomplete = true;
     }
     for file in &files {
         let Some(node) = yaml::read_file(file, problems) else {
+            index.note_unloaded(file);
             continue;
         };
         let rel = file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if let Some(dept) = load_department(&node, file, &rel, problems, &mut index) {
-            roster.departments.push(dept);
+        match load_department(&node, file, &rel, problems, &mut index) {
+            Some(dept) => roster.departments.push(dept),
+            // The file's department code is missing or invalid (reported):
+            // its contacts are indexed, but which department it is is not.
+            None => index.note_unloaded(file),
         }
     }
     roster.departments.sort_by(|a, b| a.code.cmp(&b.code));
@@ -175,17 +265,14 @@ fn load_department(
     let mut name_en = None;
     let mut name_zh = None;
     let mut office_hours = None;
-    let mut dept_pos = top.pos();
-    if let Some(dn) = dept_node
-        && let Some(d) = MapView::open(
-            dn,
-            path,
+    if dept_node.is_some()
+        && let Some(d) = top.child(
+            "department",
             "`department`",
             &["code", "name", "office_hours"],
             problems,
         )
     {
-        dept_pos = d.pos();
         if let Some((c, pos)) = d.require_str("code", "`department`", problems) {
             match DepartmentCode::parse(c) {
                 Ok(c) => {
@@ -213,7 +300,7 @@ fn load_department(
             match n.as_str() {
                 Some(s) => name_en = Some(s.to_owned()),
                 None => {
-                    if let Some(names) = MapView::open(n, path, "`name`", &["en", "zh"], problems) {
+                    if let Some(names) = d.child("name", "`name`", &["en", "zh"], problems) {
                         name_en = names
                             .require_str("en", "`name`", problems)
                             .map(|(s, _)| s.to_owned());
@@ -228,14 +315,18 @@ fn load_department(
     }
 
     let mut contacts = Vec::new();
-    let mut broken_contacts = 0;
+    // A missing or broken `contacts` list, or a contact with its own errors,
+    // is already reported; judging the department's cover without them
+    // would only repeat the same problem.
+    let mut judge_cover = false;
     if let Some(cn) = contacts_node {
         match cn.as_seq() {
             Some(items) => {
+                judge_cover = true;
                 for item in items {
                     match load_contact(item, path, code.as_ref(), problems, index) {
                         Some(c) => contacts.push(c),
-                        None => broken_contacts += 1,
+                        None => judge_cover = false,
                     }
                 }
             }
@@ -248,10 +339,10 @@ fn load_department(
     }
 
     let code = code?;
-    // A contact with its own errors is already reported; judging the
-    // department's cover without it would only repeat the same problem.
-    if broken_contacts == 0 {
-        check_department_cover(&contacts, &code, path, dept_pos, problems);
+    // The cover is a property of the `contacts` list, so it is reported at
+    // that key rather than at the department's first key.
+    if judge_cover && let Some(at) = top.key_pos("contacts") {
+        check_department_cover(&contacts, &code, path, at, problems);
     }
     Some(Department {
         code,
@@ -378,8 +469,8 @@ fn load_contact(
             .ok()
     });
     let webhook = m
-        .get("webhook")
-        .and_then(|w| load_webhook(w, path, problems));
+        .child("webhook", "`webhook`", &["url", "secret_env"], problems)
+        .and_then(|w| load_webhook(&w, path, problems));
     if m.get("sms").is_none() && m.get("email").is_none() && m.get("webhook").is_none() {
         problems.error(
             path,
@@ -405,8 +496,7 @@ fn load_contact(
     })
 }
 
-fn load_webhook(node: &yaml::Node, path: &Path, problems: &mut Problems) -> Option<Webhook> {
-    let m = MapView::open(node, path, "`webhook`", &["url", "secret_env"], problems)?;
+fn load_webhook(m: &MapView<'_>, path: &Path, problems: &mut Problems) -> Option<Webhook> {
     let url = m
         .require_str("url", "`webhook`", problems)
         .and_then(|(s, pos)| match reqwest::Url::parse(s) {
@@ -441,4 +531,19 @@ pub fn is_env_name(s: &str) -> bool {
         && !s.starts_with(|c: char| c.is_ascii_digit())
         && s.chars()
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_read_from_a_file_the_parser_refused() {
+        let text = "department:\n  code: MAL # the code\n  name: Malformed: Department\n\
+                    contacts:\n  - id: mal-duty-desk\n    role: primary\n  \
+                    - { id: 'mal-alternate', name: Alt }\n# code: NOTME\n  - id: Not An Id\n";
+        let (codes, ids) = names_in_text(text);
+        assert_eq!(codes, ["MAL"]);
+        assert_eq!(ids, ["mal-duty-desk", "mal-alternate"]);
+    }
 }

@@ -245,8 +245,10 @@ pub fn load(
     problems: &mut Problems,
 ) -> Option<Schedule> {
     let top = MapView::open(root, path, "a schedule file", &["exercise"], problems)?;
-    let ex_node = top.require("exercise", "a schedule file", problems)?;
-    let ex = MapView::open(ex_node, path, "`exercise`", EXERCISE_KEYS, problems)?;
+    top.require("exercise", "a schedule file", problems)?;
+    // Opened as the child of its key, so a missing key is reported at the
+    // `exercise:` line rather than at whichever key happens to come first.
+    let ex = top.child("exercise", "`exercise`", EXERCISE_KEYS, problems)?;
     let before = problems.error_count();
     let what = "`exercise`";
 
@@ -292,8 +294,8 @@ pub fn load(
         None => chrono_tz::Asia::Hong_Kong,
     };
 
-    let window = ex.require("window", what, problems).and_then(|w| {
-        let m = MapView::open(w, path, "`window`", &["start", "end"], problems)?;
+    let window = ex.require("window", what, problems).and_then(|_| {
+        let m = ex.child("window", "`window`", &["start", "end"], problems)?;
         let start = m
             .require_str("start", "`window`", problems)
             .and_then(|(s, pos)| {
@@ -343,30 +345,33 @@ pub fn load(
             );
             None
         }
-        Some(n) => MapView::open(n, path, "`marker`", &["en", "zh"], problems).and_then(|m| {
-            let mut get = |lang: &str| {
-                m.require_str(lang, "`marker`", problems)
-                    .and_then(|(s, pos)| {
-                        if s.trim().is_empty() {
-                            problems.error(path, pos, format!("marker `{lang}` is empty"));
-                            None
-                        } else {
-                            Some(s.trim().to_owned())
-                        }
-                    })
-            };
-            let en = get("en");
-            let zh = get("zh");
-            Some(Marker { en: en?, zh: zh? })
-        }),
+        Some(_) => ex
+            .child("marker", "`marker`", &["en", "zh"], problems)
+            .and_then(|m| {
+                let mut get = |lang: &str| {
+                    m.require_str(lang, "`marker`", problems)
+                        .and_then(|(s, pos)| {
+                            if s.trim().is_empty() {
+                                problems.error(path, pos, format!("marker `{lang}` is empty"));
+                                None
+                            } else {
+                                Some(s.trim().to_owned())
+                            }
+                        })
+                };
+                let en = get("en");
+                let zh = get("zh");
+                Some(Marker { en: en?, zh: zh? })
+            }),
     };
 
     let control: Vec<ContactId> = match ex.get("control") {
         Some(n) => list_items(n, path, "control", problems)
             .into_iter()
             .filter_map(|(s, pos)| {
-                if let Some((roster, _)) = roster
+                if let Some((roster, index)) = roster
                     && roster.contact(s).is_none()
+                    && !index.may_have_contact(s)
                 {
                     problems.error(path, pos, format!("control names unknown contact `{s}`"));
                     return None;
@@ -381,7 +386,7 @@ pub fn load(
 
     let targets = match ex.get("targets") {
         None => Some(Targets::All),
-        Some(n) => load_targets(n, path, roster.map(|r| r.0), problems),
+        Some(n) => load_targets(&ex, n, path, roster, problems),
     };
 
     let calendar = match ex.get("calendar") {
@@ -393,14 +398,8 @@ pub fn load(
         Some(n) => load_calendar(n, path, problems),
     };
 
-    let ack = ex.require("ack", what, problems).and_then(|n| {
-        let m = MapView::open(
-            n,
-            path,
-            "`ack`",
-            &["target", "deadline", "settle"],
-            problems,
-        )?;
+    let ack = ex.require("ack", what, problems).and_then(|_| {
+        let m = ex.child("ack", "`ack`", &["target", "deadline", "settle"], problems)?;
         let mut dur = |key: &str, required: bool| -> Option<(i64, Pos)> {
             let found = if required {
                 m.require_str(key, "`ack`", problems)
@@ -514,9 +513,10 @@ fn string_list(node: &Node, path: &Path, what: &str, problems: &mut Problems) ->
 }
 
 fn load_targets(
+    ex: &MapView<'_>,
     node: &Node,
     path: &Path,
-    roster: Option<&Roster>,
+    roster: Option<(&Roster, &RosterIndex)>,
     problems: &mut Problems,
 ) -> Option<Targets> {
     match &node.value {
@@ -527,8 +527,11 @@ fn load_targets(
             for (s, pos) in list_items(node, path, "targets", problems) {
                 match DepartmentCode::parse(s) {
                     Ok(code) => {
-                        if let Some(r) = roster
-                            && r.department(code.as_str()).is_none()
+                        // A department whose file could not be loaded is not
+                        // unknown: that file's own error is the one to fix.
+                        if let Some((roster, index)) = roster
+                            && roster.department(code.as_str()).is_none()
+                            && !index.may_have_department(code.as_str())
                         {
                             problems.error(
                                 path,
@@ -552,7 +555,7 @@ fn load_targets(
             ok.then_some(Targets::List(codes))
         }
         yaml::Value::Map(_) => {
-            let m = MapView::open(node, path, "`targets`", &["sample"], problems)?;
+            let m = ex.child("targets", "`targets`", &["sample"], problems)?;
             let (s, pos) = m.require_str("sample", "`targets`", problems)?;
             match s.parse::<u32>() {
                 Ok(n) if n > 0 => Some(Targets::Sample(n)),
@@ -791,8 +794,12 @@ fn load_rounds(
                 }
                 Err(e) => problems.error(path, pos, e),
             }
-        } else if let Some(r) = m.get("random")
-            && let Some(spec) = load_random(r, path, problems)
+        } else if let Some(r) = m.child(
+            "random",
+            "`random`",
+            &["count", "buckets", "min_gap", "seed"],
+            problems,
+        ) && let Some(spec) = load_random(&r, path, problems)
         {
             out.push(spec);
         }
@@ -800,15 +807,8 @@ fn load_rounds(
     out
 }
 
-fn load_random(node: &Node, path: &Path, problems: &mut Problems) -> Option<RoundSpec> {
+fn load_random(m: &MapView<'_>, path: &Path, problems: &mut Problems) -> Option<RoundSpec> {
     let what = "`random`";
-    let m = MapView::open(
-        node,
-        path,
-        what,
-        &["count", "buckets", "min_gap", "seed"],
-        problems,
-    )?;
     let count =
         m.require_str("count", what, problems)
             .and_then(|(s, pos)| match s.parse::<u32>() {

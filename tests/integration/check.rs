@@ -14,7 +14,9 @@ const BROKEN_SCHEDULES: &str = "tests/fixtures/broken-schedules";
 
 /// Every problem planted in the fixtures: (file, line, part of the message).
 /// Nothing else in the fixtures is wrong, so `check` must report exactly
-/// these errors.
+/// these errors. In particular `names-broken-files.yaml` is a valid schedule
+/// naming a department and contacts from files that fail to load: only those
+/// files' own errors are reported, not the names as unknown.
 const EXPECTED: &[(&str, u64, &str)] = &[
     (
         "tests/fixtures/broken-contacts/bad-email.yaml",
@@ -61,16 +63,16 @@ const EXPECTED: &[(&str, u64, &str)] = &[
         12,
         "contact has no channel",
     ),
-    // A department's own problems are reported where its mapping starts,
-    // the `code:` line under `department:`.
+    // A department's cover is a property of its contacts list, reported at
+    // the `contacts:` key.
     (
         "tests/fixtures/broken-contacts/no-primary.yaml",
-        3,
+        5,
         "department NPR has no reachable `primary` contact",
     ),
     (
         "tests/fixtures/broken-contacts/single-contact.yaml",
-        3,
+        5,
         "department ONE needs a second reachable contact",
     ),
     (
@@ -78,10 +80,11 @@ const EXPECTED: &[(&str, u64, &str)] = &[
         9,
         "unknown key `phnoe` in a contact",
     ),
-    // A missing key is reported where the `exercise` mapping starts.
+    // A missing key is reported at the key of the block that lacks it, the
+    // `exercise:` line.
     (
         "tests/fixtures/broken-schedules/broken.yaml",
-        4,
+        3,
         "`exercise` is missing `marker`",
     ),
     (
@@ -405,7 +408,35 @@ fn an_alias_bomb_is_refused_without_a_panic() {
         text.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
     }
     let dir = contacts_with("bomb.yaml", text.as_bytes());
-    assert_refused(dir.path(), &dir.path().join("bomb.yaml"), "invalid YAML");
+    let line = assert_refused(
+        dir.path(),
+        &dir.path().join("bomb.yaml"),
+        "document too large or too many aliases (limit ",
+    );
+    // The operator sees a plain reason, not the parser's budget names.
+    assert!(
+        !line.contains("budget") && !line.contains("Nodes"),
+        "the refusal names parser internals: {line}"
+    );
+}
+
+#[test]
+fn deeply_nested_blocks_are_refused_with_a_plain_message() {
+    // Block sequences, each inside the last, well past the nesting budget.
+    let mut text = String::from("department:\n");
+    for depth in 1..=100 {
+        text.push_str(&format!("{}-\n", "  ".repeat(depth)));
+    }
+    let dir = contacts_with("deep-blocks.yaml", text.as_bytes());
+    let line = assert_refused(
+        dir.path(),
+        &dir.path().join("deep-blocks.yaml"),
+        "document nested too deeply (limit ",
+    );
+    assert!(
+        !line.contains("budget") && !line.contains("Depth"),
+        "the refusal names parser internals: {line}"
+    );
 }
 
 #[test]
@@ -427,4 +458,250 @@ fn deeply_nested_flow_sequences_are_refused_without_a_panic() {
     let text = format!("{}{}\n", "[".repeat(depth), "]".repeat(depth));
     let dir = contacts_with("deep.yaml", text.as_bytes());
     assert_refused(dir.path(), &dir.path().join("deep.yaml"), "invalid YAML");
+}
+
+/// Writes `text` to `dir/name`.
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).expect("write test file");
+}
+
+/// Runs `check` on the given directories and returns its error lines, after
+/// asserting exit code 3 and no panic.
+fn check_errors(contacts: &Path, schedules: &Path) -> Vec<String> {
+    let out = support::rollcall(&[
+        "check",
+        "--contacts",
+        contacts.to_str().expect("UTF-8 temporary path"),
+        "--schedules",
+        schedules.to_str().expect("UTF-8 temporary path"),
+    ]);
+    let stdout = support::stdout(&out);
+    let stderr = support::stderr(&out);
+    assert!(!stderr.contains("panicked"), "check panicked:\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(EXIT_INVALID),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    error_lines(&stdout)
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Asserts that `errors` are exactly the `expected` (file, line, part of the
+/// message), in any order.
+fn assert_exactly(errors: &[String], expected: &[(&Path, u64, &str)]) {
+    let found = |(file, line, needle): &(&Path, u64, &str)| {
+        let at = format!("{}:{line}:", file.display());
+        errors
+            .iter()
+            .filter(|l| l.starts_with(&at) && l.contains(needle))
+            .count()
+    };
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|e| found(e) == 0)
+        .map(|(f, l, n)| format!("{}:{l}: … {n}", f.display()))
+        .collect();
+    assert!(
+        missing.is_empty() && errors.len() == expected.len(),
+        "expected exactly these errors:\n  {}\nmissing:\n  {}\nreported:\n  {}",
+        expected
+            .iter()
+            .map(|(f, l, n)| format!("{}:{l}: … {n}", f.display()))
+            .collect::<Vec<_>>()
+            .join("\n  "),
+        missing.join("\n  "),
+        errors.join("\n  ")
+    );
+}
+
+/// A valid department `code` whose two reachable contacts are
+/// `{prefix}-primary` and `{prefix}-duty`.
+fn department(code: &str, prefix: &str) -> String {
+    format!(
+        "department:\n  code: {code}\n  name: {{ en: Department {code} }}\ncontacts:\n  \
+         - {{ id: {prefix}-primary, name: {code} Primary, role: primary, email: primary@{prefix}.example }}\n  \
+         - {{ id: {prefix}-duty, name: {code} Duty, role: duty, email: duty@{prefix}.example }}\n"
+    )
+}
+
+/// A valid schedule naming `control` contacts and `targets` departments.
+fn schedule(control: &[&str], targets: &[&str]) -> String {
+    format!(
+        "exercise:
+  id: names
+  title: Names a schedule refers to
+  timezone: Asia/Hong_Kong
+  window: {{ start: 2027-02-27T18:00, end: 2027-03-07T23:59 }}
+  marker: {{ en: \"[EXERCISE]\", zh: \"[演習]\" }}
+  control: [{}]
+  targets: [{}]
+  rounds:
+    - at: 2027-03-02T02:15
+  ack: {{ target: 30m, deadline: 60m }}
+  escalation:
+    - {{ after: 0m, notify: [primary], via: [email] }}
+",
+        control.join(", "),
+        targets.join(", ")
+    )
+}
+
+#[test]
+fn a_syntax_error_in_a_contacts_file_is_not_repeated_as_unknown_names() {
+    let contacts = tempfile::tempdir().expect("temporary contacts directory");
+    let schedules = tempfile::tempdir().expect("temporary schedules directory");
+    write(contacts.path(), "good.yaml", &department("GDD", "gdd"));
+    // Line 3 is not valid YAML (a plain value holding `: `); the department
+    // and its contacts are still named in the file.
+    let broken = department("BRK", "brk")
+        .replace("name: { en: Department BRK }", "name: Broken: Department");
+    write(contacts.path(), "broken.yaml", &broken);
+    write(
+        schedules.path(),
+        "drill.yaml",
+        &schedule(
+            &["gdd-primary", "brk-primary", "brk-duty", "nobody-at-all"],
+            &["GDD", "BRK", "NOPE"],
+        ),
+    );
+
+    let errors = check_errors(contacts.path(), schedules.path());
+    // The syntax error, and the names that are unknown whatever the broken
+    // file holds; not `BRK`, `brk-primary` or `brk-duty`.
+    let drill = schedules.path().join("drill.yaml");
+    assert_exactly(
+        &errors,
+        &[
+            (&contacts.path().join("broken.yaml"), 3, "invalid YAML"),
+            (&drill, 7, "control names unknown contact `nobody-at-all`"),
+            (&drill, 8, "targets name unknown department `NOPE`"),
+        ],
+    );
+}
+
+#[test]
+fn no_name_is_called_unknown_when_a_contacts_file_cannot_be_read_at_all() {
+    let contacts = tempfile::tempdir().expect("temporary contacts directory");
+    let schedules = tempfile::tempdir().expect("temporary schedules directory");
+    write(contacts.path(), "good.yaml", &department("GDD", "gdd"));
+    // Not text at all: which department it was meant to hold is unknown, so
+    // any name a schedule uses may be in it.
+    std::fs::write(
+        contacts.path().join("garbage.yaml"),
+        [0xff, 0xfe, 0x00, 0x80],
+    )
+    .expect("write garbage file");
+    write(
+        schedules.path(),
+        "drill.yaml",
+        &schedule(&["gdd-primary", "xyz-primary"], &["GDD", "XYZ"]),
+    );
+
+    let errors = check_errors(contacts.path(), schedules.path());
+    assert_exactly(
+        &errors,
+        &[(&contacts.path().join("garbage.yaml"), 1, "not UTF-8")],
+    );
+}
+
+#[test]
+fn a_missing_contacts_directory_is_reported_once() {
+    let contacts = tempfile::tempdir().expect("temporary directory");
+    let schedules = tempfile::tempdir().expect("temporary schedules directory");
+    let missing = contacts.path().join("no-such-directory");
+    write(
+        schedules.path(),
+        "drill.yaml",
+        &schedule(&["gdd-primary"], &["GDD"]),
+    );
+
+    let errors = check_errors(&missing, schedules.path());
+    assert_exactly(&errors, &[(&missing, 1, "cannot read contacts directory")]);
+}
+
+#[test]
+fn a_missing_key_is_reported_at_the_key_of_the_block_that_lacks_it() {
+    let contacts = tempfile::tempdir().expect("temporary contacts directory");
+    let schedules = tempfile::tempdir().expect("temporary schedules directory");
+    // An observer is not a second reachable contact: the cover problem
+    // belongs to the `contacts:` list (line 4), not to `code:` (line 2).
+    write(
+        contacts.path(),
+        "pos.yaml",
+        "department:
+  code: POS
+  name: { en: Positions Department }
+contacts:
+  - id: pos-primary
+    name: POS Primary
+    role: primary
+    email: primary@pos.example
+  - id: pos-observer
+    name: POS Observer
+    role: observer
+    email: observer@pos.example
+",
+    );
+    // `name` lacks `en` (reported at `name:`, line 3, not at `zh:`) and the
+    // department has no primary (reported at `contacts:`, line 5).
+    write(
+        contacts.path(),
+        "nop.yaml",
+        "department:
+  code: NOP
+  name:
+    zh: 無主要聯絡人部
+contacts:
+  - id: nop-duty
+    name: NOP Duty
+    role: duty
+    email: duty@nop.example
+  - id: nop-alternate
+    name: NOP Alternate
+    role: alternate
+    email: alternate@nop.example
+",
+    );
+    // `exercise` lacks `marker`, `window` lacks `end` and `ack` lacks
+    // `deadline`; each is reported at that block's key (lines 2, 6 and 12),
+    // not at the first key inside it (lines 4, 7 and 13).
+    write(
+        schedules.path(),
+        "drill.yaml",
+        "# A schedule whose blocks each lack a key.
+exercise:
+  # The exercise's own keys start below this comment.
+  id: owner-lines
+  title: Missing keys are reported at their block's key
+  window:
+    start: 2027-02-27T18:00
+  control: [pos-primary]
+  targets: [POS]
+  rounds:
+    - at: 2027-03-02T02:15
+  ack:
+    target: 30m
+  escalation:
+    - { after: 0m, notify: [primary], via: [email] }
+",
+    );
+
+    let errors = check_errors(contacts.path(), schedules.path());
+    let drill = schedules.path().join("drill.yaml");
+    let pos = contacts.path().join("pos.yaml");
+    let nop = contacts.path().join("nop.yaml");
+    assert_exactly(
+        &errors,
+        &[
+            (&pos, 4, "department POS needs a second reachable contact"),
+            (&nop, 3, "`name` is missing `en`"),
+            (&nop, 5, "department NOP has no reachable `primary` contact"),
+            (&drill, 2, "`exercise` is missing `marker`"),
+            (&drill, 6, "`window` is missing `end`"),
+            (&drill, 12, "`ack` is missing `deadline`"),
+        ],
+    );
 }
