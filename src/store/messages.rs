@@ -67,31 +67,36 @@ impl Store {
             .collect();
         let departments = departments.join(",");
         let now = clock.fired_at;
+        // An async block keeps each `?` inside it, so a unique violation
+        // reaches the match below instead of leaving as a database error.
         let outcome = on_db!(self, |p| {
-            let mut tx = p.begin_write().await?;
-            let updated = sqlx::query(
-                "UPDATE rounds SET state = 'fired', fired_at = $1, roster_version = $2, departments = $3 \
-                 WHERE id = $4 AND state IN ('planned', 'queued')",
-            )
-            .bind(ms(now)).bind(roster_version).bind(&departments).bind(round_id)
-            .execute(&mut *tx).await?;
-            if updated.rows_affected() != 1 {
-                return Ok(false);
-            }
-            for n in notifications {
-                let nid: i64 = sqlx::query_scalar(
-                    "INSERT INTO notifications (round_id, department, status, step, fired_at, target_at, deadline_at, final_at) \
-                     VALUES ($1, $2, 'open', 1, $3, $4, $5, $6) RETURNING id",
+            async {
+                let mut tx = p.begin_write().await?;
+                let updated = sqlx::query(
+                    "UPDATE rounds SET state = 'fired', fired_at = $1, roster_version = $2, departments = $3 \
+                     WHERE id = $4 AND state IN ('planned', 'queued')",
                 )
-                .bind(round_id).bind(&n.department).bind(ms(clock.fired_at)).bind(ms(clock.target_at))
-                .bind(ms(clock.deadline_at)).bind(ms(clock.final_at))
-                .fetch_one(&mut *tx).await?;
-                for o in &n.outcomes {
-                    insert_outcome!(tx, nid, o, now, roster_version);
+                .bind(ms(now)).bind(roster_version).bind(&departments).bind(round_id)
+                .execute(&mut *tx).await?;
+                if updated.rows_affected() != 1 {
+                    return Ok(false);
                 }
+                for n in notifications {
+                    let nid: i64 = sqlx::query_scalar(
+                        "INSERT INTO notifications (round_id, department, status, step, fired_at, target_at, deadline_at, final_at) \
+                         VALUES ($1, $2, 'open', 1, $3, $4, $5, $6) RETURNING id",
+                    )
+                    .bind(round_id).bind(&n.department).bind(ms(clock.fired_at)).bind(ms(clock.target_at))
+                    .bind(ms(clock.deadline_at)).bind(ms(clock.final_at))
+                    .fetch_one(&mut *tx).await?;
+                    for o in &n.outcomes {
+                        insert_outcome!(tx, nid, o, now, roster_version);
+                    }
+                }
+                tx.commit().await?;
+                Ok::<bool, sqlx::Error>(true)
             }
-            tx.commit().await?;
-            Ok::<bool, sqlx::Error>(true)
+            .await
         });
         match outcome {
             Ok(fired) => Ok(fired),
@@ -111,22 +116,27 @@ impl Store {
         outcomes: &[NewOutcome],
         now: DateTime<Utc>,
     ) -> Result<bool> {
+        // An async block keeps each `?` inside it, so a unique violation
+        // reaches the match below instead of leaving as a database error.
         let outcome = on_db!(self, |p| {
-            let mut tx = p.begin_write().await?;
-            let updated = sqlx::query(
-                "UPDATE notifications SET step = $1, status = 'escalated' \
-                 WHERE id = $2 AND step < $1 AND status IN ('open', 'escalated') AND acked_at IS NULL",
-            )
-            .bind(step).bind(notification_id)
-            .execute(&mut *tx).await?;
-            if updated.rows_affected() != 1 {
-                return Ok(false);
+            async {
+                let mut tx = p.begin_write().await?;
+                let updated = sqlx::query(
+                    "UPDATE notifications SET step = $1, status = 'escalated' \
+                     WHERE id = $2 AND step < $1 AND status IN ('open', 'escalated') AND acked_at IS NULL",
+                )
+                .bind(step).bind(notification_id)
+                .execute(&mut *tx).await?;
+                if updated.rows_affected() != 1 {
+                    return Ok(false);
+                }
+                for o in outcomes {
+                    insert_outcome!(tx, notification_id, o, now, roster_version);
+                }
+                tx.commit().await?;
+                Ok::<bool, sqlx::Error>(true)
             }
-            for o in outcomes {
-                insert_outcome!(tx, notification_id, o, now, roster_version);
-            }
-            tx.commit().await?;
-            Ok::<bool, sqlx::Error>(true)
+            .await
         });
         match outcome {
             Ok(done) => Ok(done),
@@ -439,30 +449,31 @@ impl Store {
         let counts = info.role != "observer";
         let result = on_db!(self, |p| {
             let mut tx = p.begin_write().await?;
-            let existing: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM acks WHERE notification_id = $1 AND contact_id = $2 AND channel = 'link'",
-            )
-            .bind(info.notification_id).bind(&info.contact_id)
-            .fetch_optional(&mut *tx).await?;
-            let result = if existing.is_some() {
-                "repeat"
-            } else {
-                "acked"
-            };
             let inbound_id: i64 = sqlx::query_scalar(
                 "INSERT INTO inbound (received_at, channel, source, raw, outcome_id, result, reason) \
-                 VALUES ($1, 'link', $2, $3, $4, $5, NULL) RETURNING id",
+                 VALUES ($1, 'link', $2, $3, $4, 'acked', NULL) RETURNING id",
             )
-            .bind(ms(at)).bind(source).bind(&raw).bind(info.outcome_id).bind(result)
+            .bind(ms(at)).bind(source).bind(&raw).bind(info.outcome_id)
             .fetch_one(&mut *tx).await?;
-            if existing.is_none() {
-                sqlx::query(
-                    "INSERT INTO acks (notification_id, outcome_id, contact_id, channel, acked_at, counts, inbound_id) \
-                     VALUES ($1, $2, $3, 'link', $4, $5, $6)",
-                )
-                .bind(info.notification_id).bind(info.outcome_id).bind(&info.contact_id).bind(ms(at))
-                .bind(i64::from(counts)).bind(inbound_id)
-                .execute(&mut *tx).await?;
+            // The unique key decides between simultaneous posts of one link
+            // (PostgreSQL makes the second wait for the first to commit); a
+            // check before the insert would let both through to a unique
+            // violation, losing the second attempt's inbound row.
+            let ack: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO acks (notification_id, outcome_id, contact_id, channel, acked_at, counts, inbound_id) \
+                 VALUES ($1, $2, $3, 'link', $4, $5, $6) \
+                 ON CONFLICT (notification_id, contact_id, channel) DO NOTHING RETURNING id",
+            )
+            .bind(info.notification_id).bind(info.outcome_id).bind(&info.contact_id).bind(ms(at))
+            .bind(i64::from(counts)).bind(inbound_id)
+            .fetch_optional(&mut *tx).await?;
+            let result = if ack.is_some() { "acked" } else { "repeat" };
+            if ack.is_none() {
+                sqlx::query("UPDATE inbound SET result = 'repeat' WHERE id = $1")
+                    .bind(inbound_id)
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
                 sqlx::query("UPDATE outcomes SET acked_at = COALESCE(acked_at, $1) WHERE id = $2")
                     .bind(ms(at))
                     .bind(info.outcome_id)

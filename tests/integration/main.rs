@@ -7,8 +7,12 @@
 //!   report agrees. Runs on SQLite, and on PostgreSQL when
 //!   `ROLLCALL_TEST_POSTGRES_URL` is set
 //! - `simulate`: the README's main command on the smoke schedule
+//! - `store`: the store conformance suite, one set of bodies run on SQLite
+//!   and on PostgreSQL (when `ROLLCALL_TEST_POSTGRES_URL` is set), and the
+//!   schema parity of the two dialects' migrations
 
 mod check;
 mod end_to_end;
 mod simulate;
+mod store;
 mod support;
