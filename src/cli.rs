@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::clock::SharedClock;
 use crate::config::{self, Config, Secrets};
 use crate::domain::contacts::{self, Roster};
+use crate::domain::plan;
 use crate::domain::schedule::{self, Schedule};
 use crate::engine::Engine;
 use crate::store::{LoadResult, Store};
@@ -111,6 +112,8 @@ pub enum Command {
     Report(ReportArgs),
     /// Run a schedule in virtual time against in-process servers
     Simulate(SimulateArgs),
+    /// Every round of a schedule: local time, bucket, holiday, targets, segments, send time
+    Plan(PlanArgs),
     /// Database maintenance
     #[command(subcommand)]
     Db(DbCommand),
@@ -189,6 +192,14 @@ pub struct ReportArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct PlanArgs {
+    pub schedule: PathBuf,
+    /// Render one message of each kind (arrives with templates)
+    #[arg(long)]
+    pub preview: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct SimulateArgs {
     pub schedule: PathBuf,
     /// Seeds responders, codes and delays (never the plan)
@@ -234,10 +245,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
     let clock: SharedClock = crate::clock::from_env();
     match &cli.command {
-        Command::Check(args) => return check(&cli, &cfg, problems, args),
+        Command::Check(args) => return check(&cli, &cfg, problems, args, clock.now()),
         Command::Simulate(args) => {
             fail_on_config(problems)?;
             return simulate(&cli, &cfg, args).await;
+        }
+        Command::Plan(args) => {
+            fail_on_config(problems)?;
+            return plan_command(&cli, &cfg, args, clock.now());
         }
         _ => {}
     }
@@ -321,7 +336,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             EXIT_OK
         }
-        Command::Check(_) | Command::Simulate(_) => EXIT_OK,
+        Command::Check(_) | Command::Simulate(_) | Command::Plan(_) => EXIT_OK,
     };
     store.close().await;
     Ok(code)
@@ -386,7 +401,13 @@ fn errors_only(p: Problems) -> Vec<Problem> {
         .collect()
 }
 
-fn check(cli: &Cli, cfg: &Config, mut problems: Problems, args: &CheckArgs) -> anyhow::Result<i32> {
+fn check(
+    cli: &Cli,
+    cfg: &Config,
+    mut problems: Problems,
+    args: &CheckArgs,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<i32> {
     let contacts_dir = args
         .contacts
         .clone()
@@ -401,6 +422,9 @@ fn check(cli: &Cli, cfg: &Config, mut problems: Problems, args: &CheckArgs) -> a
         Ok(files) => {
             for f in files {
                 if let Some(s) = schedule::load_file(&f, Some((&roster, &index)), &mut problems) {
+                    // The plan's rules (office hours, window, gaps, draws) are
+                    // part of a valid schedule; rounds in the past only warn here.
+                    plan::plan_schedule(&s, &f, Some(&roster), now, false, &mut problems);
                     schedules.push(s);
                 }
             }
@@ -498,45 +522,56 @@ async fn exercise(
     let now = clock.now();
     match cmd {
         ExerciseCommand::Load { schedule: file } => {
-            let (roster, schedule) = schedule::load_with_contacts(&cfg.contacts, file)
+            let (roster, schedule, plan) = plan::load_and_plan(&cfg.contacts, file, now, false)
                 .map_err(print_problems_and_fail)?;
-            let (planned, random) = schedule::expand_fixed_rounds(&schedule);
-            let past: Vec<String> = planned
-                .iter()
-                .filter(|p| p.planned_at < now)
-                .map(|p| {
-                    p.planned_at
-                        .with_timezone(&schedule.tz())
-                        .format("%Y-%m-%d %H:%M")
-                        .to_string()
-                })
-                .collect();
-            if !past.is_empty() {
-                return Err(invalid(format!(
-                    "{}: rounds in the past: {}",
-                    file.display(),
-                    past.join(", ")
-                )));
+            let existing = store.exercise(&schedule.id).await?;
+            match &existing {
+                Some(e) if e.state != "loaded" => {
+                    // Started: the stored plan is frozen; say what would change.
+                    let changes = plan::diff(
+                        serde_json::from_str(&e.schedule_json).ok().as_ref(),
+                        e.plan_json
+                            .as_deref()
+                            .and_then(|j| serde_json::from_str(j).ok())
+                            .as_ref(),
+                        &schedule,
+                        &plan,
+                    );
+                    if !changes.is_empty() {
+                        return Err(invalid(format!(
+                            "{}: exercise `{}` has started ({}); its plan cannot change. Differences from the stored plan:\n{}\nLoad the changed file under a new exercise id.",
+                            file.display(),
+                            schedule.id,
+                            e.state,
+                            changes.join("\n")
+                        )));
+                    }
+                }
+                _ if plan.rounds.iter().any(|r| r.at < now) => {
+                    // Not started yet: rounds in the past are errors, at their lines.
+                    let problems = plan::load_and_plan(&cfg.contacts, file, now, true)
+                        .err()
+                        .unwrap_or_default();
+                    return Err(print_problems_and_fail(problems));
+                }
+                _ => {}
             }
-            let (result, rounds, version) =
-                crate::engine::load_exercise(store, &roster, &schedule, &planned, now).await?;
+            let (result, version) =
+                crate::engine::load_exercise(store, &roster, &schedule, &plan, now).await?;
             let what = match result {
                 LoadResult::Created => "loaded",
                 LoadResult::Unchanged => "unchanged",
                 LoadResult::Replaced => "replaced",
             };
-            let note = if random > 0 {
-                format!("; {random} random rounds are not drawn yet")
-            } else {
-                String::new()
-            };
             say(
                 cli,
                 &format!(
-                    "exercise {} {what}: {} rounds, roster version {version}{note}",
-                    schedule.id, rounds
+                    "exercise {} {what}: {} rounds, roster version {version}, plan seed {}",
+                    schedule.id,
+                    plan.rounds.len(),
+                    plan.seed
                 ),
-                serde_json::json!({"exercise": schedule.id, "result": what, "rounds": rounds, "roster_version": version}),
+                serde_json::json!({"exercise": schedule.id, "result": what, "rounds": plan.rounds.len(), "roster_version": version, "seed": plan.seed}),
             )?;
         }
         ExerciseCommand::Start {
@@ -751,13 +786,65 @@ async fn fire(
     Ok(EXIT_OK)
 }
 
+/// `rollcall plan`: the plan with its problems; exit 3 if any is an error.
+fn plan_command(
+    cli: &Cli,
+    cfg: &Config,
+    args: &PlanArgs,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<i32> {
+    let mut problems = Problems::default();
+    let (roster, index) = contacts::load_dir(&cfg.contacts, &mut problems);
+    let planned = schedule::load_file(&args.schedule, Some((&roster, &index)), &mut problems)
+        .and_then(|s| {
+            let p =
+                plan::plan_schedule(&s, &args.schedule, Some(&roster), now, false, &mut problems)?;
+            Some((s, p))
+        });
+    let errors = problems.error_count();
+    let list = problems.into_sorted();
+    let view = planned.map(|(s, p)| crate::plan_view::build(&s, &p, &roster, cfg));
+    if cli.json {
+        out!(
+            "{}",
+            serde_json::json!({"schema": 1, "ok": errors == 0, "plan": view, "problems": list})
+        );
+    } else {
+        if let Some(v) = &view {
+            out_raw!("{}", crate::plan_view::render_text(v));
+        }
+        for p in list
+            .iter()
+            .filter(|p| p.severity == crate::yaml::Severity::Error)
+        {
+            eprintln!("{p}");
+        }
+        if args.preview {
+            eprintln!(
+                "rollcall: --preview arrives with message templates; the SMS segments above use the built-in text"
+            );
+        }
+    }
+    Ok(if errors == 0 && view.is_some() {
+        EXIT_OK
+    } else {
+        EXIT_INVALID
+    })
+}
+
 async fn simulate(cli: &Cli, cfg: &Config, args: &SimulateArgs) -> anyhow::Result<i32> {
     let contacts_dir = args
         .contacts
         .clone()
         .unwrap_or_else(|| cfg.contacts.clone());
-    let (roster, schedule) = schedule::load_with_contacts(&contacts_dir, &args.schedule)
-        .map_err(print_problems_and_fail)?;
+    // Simulated time starts at the window, so no round is "in the past".
+    let (roster, schedule, plan) = plan::load_and_plan(
+        &contacts_dir,
+        &args.schedule,
+        chrono::DateTime::<chrono::Utc>::MIN_UTC,
+        false,
+    )
+    .map_err(print_problems_and_fail)?;
     // Without --db the run goes to a temporary file, never the operator's store.
     let tmp = tempdir_for_simulation()?;
     let url = match &cli.db {
@@ -770,7 +857,7 @@ async fn simulate(cli: &Cli, cfg: &Config, args: &SimulateArgs) -> anyhow::Resul
         seed: args.seed,
         ..Default::default()
     };
-    let outcome = crate::simulate::run(&schedule, &roster, &store, &options).await?;
+    let outcome = crate::simulate::run(&schedule, &plan, &roster, &store, &options).await?;
     let report = crate::report::build(&store, &schedule.id, outcome.ended_at).await?;
     if cli.json {
         out!("{}", serde_json::to_string_pretty(&report)?);

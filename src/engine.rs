@@ -9,14 +9,14 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, TimeDelta, Utc};
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
-use rand::seq::SliceRandom;
 
 use crate::clock::SharedClock;
 use crate::config::SenderMode;
 use crate::domain::codes::{AckCode, LinkToken};
 use crate::domain::contacts::{Contact, Department, Roster};
+use crate::domain::plan::Plan;
 use crate::domain::render::{Alert, Payload};
-use crate::domain::schedule::{Schedule, Targets};
+use crate::domain::schedule::Schedule;
 use crate::domain::{ChannelKind, Lang};
 use crate::store::{
     Clockwork, NewMessage, NewNotification, NewOutcome, OpenNotification, RoundRow, Store,
@@ -124,18 +124,21 @@ impl Engine {
                 }
                 continue;
             }
-            // A queued ad-hoc round keeps the departments it was fired for.
-            let only: Option<Vec<String>> = round
-                .departments
-                .as_deref()
-                .map(|d| d.split(',').map(str::to_owned).collect());
+            // A planned round keeps its planned targets; a queued ad-hoc round
+            // the departments it was fired for.
+            let only: Option<Vec<String>> = round.departments.as_deref().map(|d| {
+                d.split(',')
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            });
             match self.fire(&round, only.as_deref()).await {
                 Ok(true) => report.rounds_fired.push(name),
                 Ok(false) => {}
                 // The roster changed under a queued round: record why it did not fire
                 // rather than retrying it forever.
                 Err(EngineError::UnknownDepartments(codes)) => {
-                    let reason = format!("departments no longer in the roster: {codes}");
+                    let reason = format!("no targeted department is in the roster: {codes}");
                     if self
                         .store
                         .skip_round(round.id, "skipped", &reason, self.now())
@@ -259,6 +262,9 @@ impl Engine {
         Err(EngineError::CodeSpace)
     }
 
+    /// A round's departments: the list it was planned or fired with (those
+    /// still in the roster), else the schedule's targets, a `sample` drawn
+    /// from the plan seed and the round label.
     fn targets<'r>(
         &self,
         schedule: &Schedule,
@@ -267,42 +273,36 @@ impl Engine {
         round_label: &str,
     ) -> Result<Vec<&'r Department>, EngineError> {
         if let Some(only) = only {
-            let unknown: Vec<&str> = only
+            let gone: Vec<&str> = only
                 .iter()
                 .filter(|c| roster.department(c).is_none())
                 .map(String::as_str)
                 .collect();
-            if !unknown.is_empty() {
-                return Err(EngineError::UnknownDepartments(unknown.join(", ")));
-            }
-            return Ok(roster
+            let kept: Vec<&Department> = roster
                 .departments
                 .iter()
                 .filter(|d| only.iter().any(|c| c == d.code.as_str()))
-                .collect());
-        }
-        let control: HashSet<&str> = schedule.control.iter().map(|c| c.as_str()).collect();
-        // The controllers' own department is not a player.
-        let players = roster
-            .departments
-            .iter()
-            .filter(|d| !d.contacts.iter().all(|c| control.contains(c.id.as_str())));
-        Ok(match &schedule.targets {
-            Targets::All => players.collect(),
-            Targets::List(codes) => players.filter(|d| codes.contains(&d.code)).collect(),
-            Targets::Sample(n) => {
-                let mut all: Vec<&Department> = players.collect();
-                // A fresh sample per round, reproducible from the exercise and round.
-                let seed = crate::domain::codes::sha256_hex(
-                    format!("{}/{round_label}", schedule.id).as_bytes(),
-                );
-                let seed = u64::from_str_radix(&seed[..16], 16).unwrap_or(0);
-                all.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-                all.truncate(*n as usize);
-                all.sort_by(|a, b| a.code.cmp(&b.code));
-                all
+                .collect();
+            if kept.is_empty() {
+                return Err(EngineError::UnknownDepartments(if gone.is_empty() {
+                    "(none planned)".into()
+                } else {
+                    gone.join(", ")
+                }));
             }
-        })
+            if !gone.is_empty() {
+                tracing::warn!(round = round_label, departments = %gone.join(", "), "planned departments no longer in the roster are left out");
+            }
+            return Ok(kept);
+        }
+        let stream = crate::domain::codes::sha256_hex(round_label.as_bytes());
+        let stream = u64::from_str_radix(&stream[..16], 16).unwrap_or(0);
+        Ok(crate::domain::plan::targets(
+            schedule,
+            roster,
+            crate::domain::plan::plan_seed(schedule),
+            stream,
+        ))
     }
 
     /// New outcomes (contacts with codes, tokens and messages) for one step.
@@ -541,31 +541,43 @@ impl Engine {
 }
 
 /// Stores an exercise as `exercise load` does: the roster as a version, the
-/// schedule, and its fixed rounds numbered `R01…` in planned order.
-/// Returns what the store did, the number of rounds and the roster version.
+/// schedule, its plan, and the plan's rounds with their targets.
+/// Returns what the store did and the roster version.
 pub async fn load_exercise(
     store: &Store,
     roster: &Roster,
     schedule: &Schedule,
-    planned: &[crate::domain::schedule::PlannedRound],
+    plan: &Plan,
     now: DateTime<Utc>,
-) -> Result<(crate::store::LoadResult, usize, i64), EngineError> {
+) -> Result<(crate::store::LoadResult, i64), EngineError> {
     let version = store.save_roster(roster, now).await?;
-    let rounds: Vec<crate::store::NewRound> = planned
+    let rounds: Vec<crate::store::NewRound> = plan
+        .rounds
         .iter()
-        .enumerate()
-        .map(|(i, p)| crate::store::NewRound {
-            label: format!("R{:02}", i + 1),
-            slot: p.slot.clone(),
-            planned_at: p.planned_at,
+        .map(|r| crate::store::NewRound {
+            label: r.label.clone(),
+            slot: r.slot.clone(),
+            planned_at: r.at,
+            departments: Some(r.targets.join(",")),
         })
         .collect();
-    let json = serde_json::to_string(schedule)
-        .map_err(|e| EngineError::BadSchedule(schedule.id.clone(), e.to_string()))?;
+    let bad = |e: serde_json::Error| EngineError::BadSchedule(schedule.id.clone(), e.to_string());
+    let json = serde_json::to_string(schedule).map_err(bad)?;
+    let plan_json = serde_json::to_string(plan).map_err(bad)?;
     let result = store
-        .save_exercise(&schedule.id, &schedule.title, &json, version, &rounds, now)
+        .save_exercise(
+            &crate::store::NewExercise {
+                id: &schedule.id,
+                title: &schedule.title,
+                schedule_json: &json,
+                plan_json: &plan_json,
+                roster_version: version,
+                rounds: &rounds,
+            },
+            now,
+        )
         .await?;
-    Ok((result, rounds.len(), version))
+    Ok((result, version))
 }
 
 /// When step `index` (0-based) of a notification fired at `fired_at` is due,

@@ -10,6 +10,7 @@
 //! - [`dispatch`]: the outbox worker
 //! - [`engine`]: fan-out, escalation, finalisation
 //! - [`ack`]: the public HTTP surface (ack links, health)
+//! - [`plan_view`]: what `rollcall plan` shows before sign-off
 //! - [`report`]: the report model and its renderings
 //! - [`sinks`]: loopback SMTP / SMS / webhook peers for simulate and tests
 //! - [`simulate`]: a whole exercise in virtual time
@@ -25,6 +26,7 @@ pub mod daemon;
 pub mod dispatch;
 pub mod domain;
 pub mod engine;
+pub mod plan_view;
 pub mod report;
 pub mod simulate;
 pub mod sinks;

@@ -18,7 +18,8 @@ use crate::config::{Config, ProviderKind, Secrets, SmsProvider, Smtp, Tls};
 use crate::dispatch::Dispatcher;
 use crate::domain::codes::LinkToken;
 use crate::domain::contacts::Roster;
-use crate::domain::schedule::{self, Schedule};
+use crate::domain::plan::Plan;
+use crate::domain::schedule::Schedule;
 use crate::engine::Engine;
 use crate::sinks::{self, ReceivedMail, ReceivedSms, ReceivedWebhook, Recorder, TwilioFake};
 use crate::store::Store;
@@ -60,22 +61,15 @@ struct PendingAck {
 /// The run is stored in `store`, so `report` works on it afterwards.
 pub async fn run(
     schedule: &Schedule,
+    plan: &Plan,
     roster: &Roster,
     store: &Store,
     options: &SimulateOptions,
 ) -> anyhow::Result<SimulationOutcome> {
-    let (planned, random) = schedule::expand_fixed_rounds(schedule);
-    if random > 0 {
-        tracing::warn!(
-            random,
-            "random rounds are not drawn yet; simulating the cron and at rounds"
-        );
-    }
-    anyhow::ensure!(
-        !planned.is_empty(),
-        "the schedule has no rounds to simulate"
-    );
-    let start = planned[0].planned_at - TimeDelta::minutes(1);
+    let Some(first) = plan.rounds.first() else {
+        anyhow::bail!("the schedule has no rounds to simulate");
+    };
+    let start = first.at - TimeDelta::minutes(1);
     let manual = ManualClock::new(start.min(schedule.window_start));
     let clock: SharedClock = manual.clone();
 
@@ -173,7 +167,7 @@ pub async fn run(
     );
 
     let now = clock.now();
-    crate::engine::load_exercise(store, &roster, schedule, &planned, now).await?;
+    crate::engine::load_exercise(store, &roster, schedule, plan, now).await?;
     store
         .set_exercise_state(
             &schedule.id,

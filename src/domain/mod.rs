@@ -4,8 +4,11 @@
 pub mod calendar;
 pub mod codes;
 pub mod contacts;
+pub mod holidays;
+pub mod plan;
 pub mod render;
 pub mod schedule;
+pub mod sms;
 pub mod status;
 
 use std::fmt;
@@ -269,7 +272,7 @@ pub fn format_duration(d: TimeDelta) -> String {
 }
 
 /// The language of messages to a contact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Lang {
     En,
@@ -277,6 +280,13 @@ pub enum Lang {
 }
 
 impl Lang {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::Zh => "zh",
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "en" => Ok(Lang::En),

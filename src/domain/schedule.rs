@@ -127,6 +127,10 @@ pub struct Schedule {
     pub rounds: Vec<RoundSpec>,
     pub ack: AckPolicy,
     pub escalation: Vec<Step>,
+    /// Where each `rounds:` entry is in its file, for located plan problems;
+    /// not stored.
+    #[serde(skip)]
+    pub round_pos: Vec<Pos>,
 }
 
 impl Schedule {
@@ -217,25 +221,6 @@ pub fn load_file(
 ) -> Option<Schedule> {
     let root = yaml::read_file(path, problems)?;
     load(&root, path, roster, problems)
-}
-
-/// Loads the contacts directory and one schedule checked against it, as
-/// `exercise load` and `simulate` need them; the errors otherwise.
-pub fn load_with_contacts(
-    contacts_dir: &Path,
-    schedule_file: &Path,
-) -> Result<(Roster, Schedule), Vec<yaml::Problem>> {
-    let mut problems = Problems::default();
-    let (roster, index) = super::contacts::load_dir(contacts_dir, &mut problems);
-    let schedule = load_file(schedule_file, Some((&roster, &index)), &mut problems);
-    match schedule {
-        Some(s) if !problems.has_errors() => Ok((roster, s)),
-        _ => Err(problems
-            .into_sorted()
-            .into_iter()
-            .filter(|p| p.severity == yaml::Severity::Error)
-            .collect()),
-    }
 }
 
 pub fn load(
@@ -442,10 +427,12 @@ pub fn load(
         .require("escalation", what, problems)
         .and_then(|n| load_escalation(n, path, ack.as_ref(), problems));
 
-    let rounds = ex
+    let (rounds, round_pos): (Vec<RoundSpec>, Vec<Pos>) = ex
         .require("rounds", what, problems)
         .map(|n| load_rounds(n, path, tz, window, problems))
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .into_iter()
+        .unzip();
 
     if let Some(t) = ex.get("templates") {
         match t.as_map() {
@@ -480,6 +467,7 @@ pub fn load(
         rounds,
         ack: ack?,
         escalation: escalation?,
+        round_pos,
     })
 }
 
@@ -733,13 +721,16 @@ fn load_escalation(
     ok.then_some(steps)
 }
 
+/// The `rounds:` entries with where each is written. An `at` outside the
+/// window is caught here, with the file's other problems; whether instants
+/// fit the calendar, the deadline and each other is the plan's to judge.
 fn load_rounds(
     node: &Node,
     path: &Path,
     tz: Tz,
     window: Option<(DateTime<Utc>, DateTime<Utc>)>,
     problems: &mut Problems,
-) -> Vec<RoundSpec> {
+) -> Vec<(RoundSpec, Pos)> {
     let Some(items) = node.as_seq() else {
         problems.error(path, node.pos, "`rounds` must be a list");
         return Vec::new();
@@ -771,9 +762,12 @@ fn load_rounds(
         }
         if let Some((expr, pos)) = m.str("cron", problems) {
             match parse_cron(expr) {
-                Ok(_) => out.push(RoundSpec::Cron {
-                    expr: expr.to_owned(),
-                }),
+                Ok(_) => out.push((
+                    RoundSpec::Cron {
+                        expr: expr.to_owned(),
+                    },
+                    item.pos,
+                )),
                 Err(e) => problems.error(path, pos, e),
             }
         } else if let Some((s, pos)) = m.str("at", problems) {
@@ -790,7 +784,7 @@ fn load_rounds(
                         );
                         continue;
                     }
-                    out.push(RoundSpec::At { local });
+                    out.push((RoundSpec::At { local }, item.pos));
                 }
                 Err(e) => problems.error(path, pos, e),
             }
@@ -801,7 +795,7 @@ fn load_rounds(
             problems,
         ) && let Some(spec) = load_random(&r, path, problems)
         {
-            out.push(spec);
+            out.push((spec, item.pos));
         }
     }
     out
@@ -862,56 +856,4 @@ fn load_random(m: &MapView<'_>, path: &Path, problems: &mut Problems) -> Option<
         min_gap_secs: min_gap?.num_seconds(),
         seed: seed?,
     })
-}
-
-/// One planned round instant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlannedRound {
-    /// Unique within the exercise: which spec produced it and when.
-    pub slot: String,
-    pub planned_at: DateTime<Utc>,
-}
-
-/// Expands `at` and `cron` rounds into instants inside the window. `random`
-/// rounds are counted in the second value: drawing them needs the
-/// out-of-hours calendar.
-pub fn expand_fixed_rounds(schedule: &Schedule) -> (Vec<PlannedRound>, u32) {
-    let tz = schedule.tz();
-    let mut out = Vec::new();
-    let mut random = 0;
-    for (i, spec) in schedule.rounds.iter().enumerate() {
-        match spec {
-            RoundSpec::At { local } => {
-                let at = resolve_local(tz, *local);
-                out.push(PlannedRound {
-                    slot: format!("at{i}@{}", at.timestamp()),
-                    planned_at: at,
-                });
-            }
-            RoundSpec::Cron { expr } => {
-                let Ok(cron) = parse_cron(expr) else { continue };
-                let start_local = schedule.window_start.with_timezone(&tz).naive_local();
-                for local in cron
-                    .iter_from(start_local, croner::Direction::Forward)
-                    .take(10_000)
-                {
-                    let at = resolve_local(tz, local);
-                    if at > schedule.window_end {
-                        break;
-                    }
-                    if at < schedule.window_start {
-                        continue;
-                    }
-                    out.push(PlannedRound {
-                        slot: format!("cron{i}@{}", at.timestamp()),
-                        planned_at: at,
-                    });
-                }
-            }
-            RoundSpec::Random { count, .. } => random += count,
-        }
-    }
-    out.sort_by_key(|r| r.planned_at);
-    out.dedup_by_key(|r| r.planned_at);
-    (out, random)
 }

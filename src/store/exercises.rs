@@ -2,7 +2,9 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{ExerciseRow, NewRound, Result, RoundRow, Store, StoreError, WritePool, from_ms, ms};
+use super::{
+    ExerciseRow, NewExercise, Result, RoundRow, Store, StoreError, WritePool, from_ms, ms,
+};
 use crate::domain::codes::sha256_hex;
 
 /// What `exercise load` did.
@@ -13,7 +15,7 @@ pub enum LoadResult {
     Replaced,
 }
 
-const EXERCISE_COLUMNS: &str = "id, title, schedule_json, schedule_digest, roster_version, state, loaded_at, started_at, authorised_by, ended_at";
+const EXERCISE_COLUMNS: &str = "id, title, schedule_json, schedule_digest, plan_json, roster_version, state, loaded_at, started_at, authorised_by, ended_at";
 const ROUND_COLUMNS: &str = "id, exercise_id, label, slot, planned_at, fired_at, closed_at, state, state_reason, roster_version, departments";
 
 impl Store {
@@ -22,14 +24,18 @@ impl Store {
     /// and is refused once the exercise has started.
     pub async fn save_exercise(
         &self,
-        id: &str,
-        title: &str,
-        schedule_json: &str,
-        roster_version: i64,
-        rounds: &[NewRound],
+        exercise: &NewExercise<'_>,
         now: DateTime<Utc>,
     ) -> Result<LoadResult> {
-        let digest = sha256_hex(schedule_json.as_bytes());
+        let NewExercise {
+            id,
+            title,
+            schedule_json,
+            plan_json,
+            roster_version,
+            rounds,
+        } = *exercise;
+        let digest = sha256_hex(format!("{schedule_json}\n{plan_json}").as_bytes());
         let existing = self.exercise(id).await?;
         let result = match &existing {
             Some(e) if e.schedule_digest == digest => return Ok(LoadResult::Unchanged),
@@ -49,17 +55,17 @@ impl Store {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query("UPDATE exercises SET title = $1, schedule_json = $2, schedule_digest = $3, roster_version = $4, loaded_at = $5 WHERE id = $6")
-                    .bind(title).bind(schedule_json).bind(&digest).bind(roster_version).bind(ms(now)).bind(id)
+                sqlx::query("UPDATE exercises SET title = $1, schedule_json = $2, schedule_digest = $3, roster_version = $4, loaded_at = $5, plan_json = $6 WHERE id = $7")
+                    .bind(title).bind(schedule_json).bind(&digest).bind(roster_version).bind(ms(now)).bind(plan_json).bind(id)
                     .execute(&mut *tx).await?;
             } else {
-                sqlx::query("INSERT INTO exercises (id, title, schedule_json, schedule_digest, roster_version, state, loaded_at) VALUES ($1, $2, $3, $4, $5, 'loaded', $6)")
-                    .bind(id).bind(title).bind(schedule_json).bind(&digest).bind(roster_version).bind(ms(now))
+                sqlx::query("INSERT INTO exercises (id, title, schedule_json, schedule_digest, roster_version, state, loaded_at, plan_json) VALUES ($1, $2, $3, $4, $5, 'loaded', $6, $7)")
+                    .bind(id).bind(title).bind(schedule_json).bind(&digest).bind(roster_version).bind(ms(now)).bind(plan_json)
                     .execute(&mut *tx).await?;
             }
             for r in rounds {
-                sqlx::query("INSERT INTO rounds (exercise_id, label, slot, planned_at, state) VALUES ($1, $2, $3, $4, 'planned')")
-                    .bind(id).bind(&r.label).bind(&r.slot).bind(ms(r.planned_at))
+                sqlx::query("INSERT INTO rounds (exercise_id, label, slot, planned_at, state, departments) VALUES ($1, $2, $3, $4, 'planned', $5)")
+                    .bind(id).bind(&r.label).bind(&r.slot).bind(ms(r.planned_at)).bind(&r.departments)
                     .execute(&mut *tx).await?;
             }
             tx.commit().await?;

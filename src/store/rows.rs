@@ -17,6 +17,7 @@ pub struct ExerciseRow {
     pub title: String,
     pub schedule_json: String,
     pub schedule_digest: String,
+    pub plan_json: Option<String>,
     pub roster_version: i64,
     pub state: String,
     pub loaded_at: i64,
@@ -41,11 +42,25 @@ pub struct RoundRow {
 }
 
 /// A round to be written: planned at load, or ad hoc.
+/// An exercise as `exercise load` stores it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewExercise<'a> {
+    pub id: &'a str,
+    pub title: &'a str,
+    pub schedule_json: &'a str,
+    pub plan_json: &'a str,
+    pub roster_version: i64,
+    pub rounds: &'a [NewRound],
+}
+
 #[derive(Debug, Clone)]
 pub struct NewRound {
     pub label: String,
     pub slot: String,
     pub planned_at: DateTime<Utc>,
+    /// The planned targets, comma-separated; `None` lets the engine decide
+    /// at fan-out.
+    pub departments: Option<String>,
 }
 
 /// A department's notification with its first contacts, written at fan-out.

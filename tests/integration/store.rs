@@ -13,8 +13,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use rollcall::domain::codes::{CODE_ALPHABET, LinkToken, sha256_hex};
 use rollcall::domain::contacts::{self, Roster};
 use rollcall::store::{
-    AckOutcome, ClaimedMessage, Clockwork, LoadResult, NewMessage, NewNotification, NewOutcome,
-    NewRound, ReportRow, RoundRow, SendResult, Store, StoreError, ms,
+    AckOutcome, ClaimedMessage, Clockwork, LoadResult, NewExercise, NewMessage, NewNotification,
+    NewOutcome, NewRound, ReportRow, RoundRow, SendResult, Store, StoreError, ms,
 };
 use rollcall::yaml::Problems;
 
@@ -243,6 +243,7 @@ fn plan(rounds: &[(&str, i64)]) -> Vec<NewRound> {
             label: (*label).to_owned(),
             slot: format!("slot-{label}"),
             planned_at: at(*minutes),
+            departments: None,
         })
         .collect()
 }
@@ -257,11 +258,14 @@ async fn running_exercise(store: &Store, id: &str, rounds: &[(&str, i64)]) -> i6
         .unwrap();
     store
         .save_exercise(
-            id,
-            TITLE,
-            &schedule_json(1),
-            version,
-            &plan(rounds),
+            &NewExercise {
+                id,
+                title: TITLE,
+                schedule_json: &schedule_json(1),
+                plan_json: "{}",
+                roster_version: version,
+                rounds: &plan(rounds),
+            },
             at(-60),
         )
         .await
@@ -459,7 +463,17 @@ async fn loading_an_exercise_again_changes_nothing_and_its_plan_is_frozen_once_s
     let first = plan(&[("R01", 0), ("R02", 24 * 60)]);
     assert_eq!(
         store
-            .save_exercise(EX, TITLE, &schedule_json(1), v, &first, at(-120))
+            .save_exercise(
+                &NewExercise {
+                    id: EX,
+                    title: TITLE,
+                    schedule_json: &schedule_json(1),
+                    plan_json: "{}",
+                    roster_version: v,
+                    rounds: &first
+                },
+                at(-120)
+            )
             .await
             .unwrap(),
         LoadResult::Created
@@ -477,7 +491,17 @@ async fn loading_an_exercise_again_changes_nothing_and_its_plan_is_frozen_once_s
 
     assert_eq!(
         store
-            .save_exercise(EX, TITLE, &schedule_json(1), v, &first, at(-110))
+            .save_exercise(
+                &NewExercise {
+                    id: EX,
+                    title: TITLE,
+                    schedule_json: &schedule_json(1),
+                    plan_json: "{}",
+                    roster_version: v,
+                    rounds: &first
+                },
+                at(-110)
+            )
             .await
             .unwrap(),
         LoadResult::Unchanged
@@ -497,11 +521,14 @@ async fn loading_an_exercise_again_changes_nothing_and_its_plan_is_frozen_once_s
     assert_eq!(
         store
             .save_exercise(
-                EX,
-                "Revised drill",
-                &schedule_json(2),
-                v,
-                &revised,
+                &NewExercise {
+                    id: EX,
+                    title: "Revised drill",
+                    schedule_json: &schedule_json(2),
+                    plan_json: "{}",
+                    roster_version: v,
+                    rounds: &revised
+                },
                 at(-100)
             )
             .await
@@ -522,7 +549,17 @@ async fn loading_an_exercise_again_changes_nothing_and_its_plan_is_frozen_once_s
             .unwrap()
     );
     let err = store
-        .save_exercise(EX, TITLE, &schedule_json(3), v, &first, at(-80))
+        .save_exercise(
+            &NewExercise {
+                id: EX,
+                title: TITLE,
+                schedule_json: &schedule_json(3),
+                plan_json: "{}",
+                roster_version: v,
+                rounds: &first,
+            },
+            at(-80),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -539,7 +576,17 @@ async fn loading_an_exercise_again_changes_nothing_and_its_plan_is_frozen_once_s
     );
     assert_eq!(
         store
-            .save_exercise(EX, "Revised drill", &schedule_json(2), v, &revised, at(-70))
+            .save_exercise(
+                &NewExercise {
+                    id: EX,
+                    title: "Revised drill",
+                    schedule_json: &schedule_json(2),
+                    plan_json: "{}",
+                    roster_version: v,
+                    rounds: &revised
+                },
+                at(-70)
+            )
             .await
             .unwrap(),
         LoadResult::Unchanged,
@@ -561,11 +608,14 @@ async fn an_exercise_changes_state_only_from_the_states_named(store: &Store) {
     let v = store.save_roster(&sample_roster(), at(-200)).await.unwrap();
     store
         .save_exercise(
-            EX,
-            TITLE,
-            &schedule_json(1),
-            v,
-            &plan(&[("R01", 0)]),
+            &NewExercise {
+                id: EX,
+                title: TITLE,
+                schedule_json: &schedule_json(1),
+                plan_json: "{}",
+                roster_version: v,
+                rounds: &plan(&[("R01", 0)]),
+            },
             at(-120),
         )
         .await
@@ -673,11 +723,14 @@ async fn due_rounds_are_planned_rounds_of_running_exercises_whose_time_has_come(
     let v = store.save_roster(&sample_roster(), at(-200)).await.unwrap();
     store
         .save_exercise(
-            EX,
-            TITLE,
-            &schedule_json(1),
-            v,
-            &plan(&[("R01", 0), ("R02", 60)]),
+            &NewExercise {
+                id: EX,
+                title: TITLE,
+                schedule_json: &schedule_json(1),
+                plan_json: "{}",
+                roster_version: v,
+                rounds: &plan(&[("R01", 0), ("R02", 60)]),
+            },
             at(-120),
         )
         .await
