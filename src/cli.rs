@@ -579,6 +579,31 @@ async fn exercise(
             authorised_by,
             yes,
         } => {
+            // A planned round already in the past would fire late or be
+            // skipped the moment the exercise starts: refuse instead.
+            let past: Vec<String> = store
+                .rounds(id)
+                .await?
+                .iter()
+                .filter(|r| r.state == "planned" && r.planned_at < crate::store::ms(now))
+                .map(|r| {
+                    format!(
+                        "{} ({})",
+                        r.label,
+                        crate::store::from_ms(r.planned_at).format("%Y-%m-%d %H:%M UTC")
+                    )
+                })
+                .collect();
+            let loaded = store
+                .exercise(id)
+                .await?
+                .is_some_and(|e| e.state == "loaded");
+            if loaded && !past.is_empty() {
+                return Err(invalid(format!(
+                    "exercise `{id}` cannot start: planned rounds are already in the past: {}. Load a revised schedule first.",
+                    past.join(", ")
+                )));
+            }
             if !yes {
                 if !std::io::stdin().is_terminal() {
                     bail!(
@@ -847,11 +872,13 @@ async fn simulate(cli: &Cli, cfg: &Config, args: &SimulateArgs) -> anyhow::Resul
     .map_err(print_problems_and_fail)?;
     // Without --db the run goes to a temporary file, never the operator's store.
     let tmp = tempdir_for_simulation()?;
-    let url = match &cli.db {
-        Some(u) => u.clone(),
-        None => format!("sqlite://{}", tmp.join("simulate.db").display()),
+    let store = match &cli.db {
+        Some(url) => Store::connect(url).await?,
+        None => {
+            Store::connect_scratch(&format!("sqlite://{}", tmp.join("simulate.db").display()))
+                .await?
+        }
     };
-    let store = Store::connect(&url).await?;
     store.migrate().await?;
     let options = crate::simulate::SimulateOptions {
         seed: args.seed,
@@ -870,10 +897,9 @@ async fn simulate(cli: &Cli, cfg: &Config, args: &SimulateArgs) -> anyhow::Resul
             outcome.sms,
             outcome.webhooks,
             outcome.acks_posted,
-            if cli.db.is_some() {
-                redact_db(&url)
-            } else {
-                "a temporary database (pass --db to keep it)".into()
+            match &cli.db {
+                Some(url) => redact_db(url),
+                None => "a temporary database (pass --db to keep it)".into(),
             },
         );
     }

@@ -143,6 +143,20 @@ pub async fn run(
         if let Err(e) = step(&engine, &dispatcher).await {
             tracing::error!(error = %format!("{e:#}"), "daemon step failed; retrying");
         }
+        // Sleep until the next due instant (a round, a step, a finalisation,
+        // a retry), but never longer than POLL, so CLI writes and acks made by
+        // other processes are picked up within a second.
+        let wait = match next_due(&engine, &store).await {
+            Ok(Some(t)) => (t - clock.now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(POLL),
+            Ok(None) => POLL,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot read the next due instant");
+                POLL
+            }
+        };
         let clock_moved = async {
             match changes.as_mut() {
                 Some(rx) => {
@@ -153,7 +167,7 @@ pub async fn run(
         };
         tokio::select! {
             () = &mut shutdown => break,
-            () = tokio::time::sleep(POLL) => {}
+            () = tokio::time::sleep(wait) => {}
             () = clock_moved => {}
         }
     }
@@ -164,6 +178,17 @@ pub async fn run(
         .await?;
     tracing::info!("rollcall daemon stopped");
     Ok(())
+}
+
+/// The next instant the daemon has work: the engine's (rounds, steps,
+/// finalisation) or the outbox's (a retry coming due).
+pub async fn next_due(
+    engine: &Engine,
+    store: &Store,
+) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+    let engine_next = engine.next_due().await?;
+    let outbox_next = store.next_message_due().await?;
+    Ok(engine_next.into_iter().chain(outbox_next).min())
 }
 
 /// One pass of the daemon's work; public so tests can drive it.

@@ -264,8 +264,7 @@ pub async fn run(
             }
         }
         let mut next: Vec<DateTime<Utc>> = Vec::new();
-        next.extend(engine.next_due().await?);
-        next.extend(store.next_message_due().await?);
+        next.extend(crate::daemon::next_due(&engine, store).await?);
         next.extend(pending.first().map(|p| p.at));
         match next.into_iter().min() {
             Some(t) if t > now => manual.set(t),

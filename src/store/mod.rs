@@ -98,11 +98,26 @@ impl Store {
     /// Opens the store a URL names. SQLite files are created and migrated on
     /// open; PostgreSQL must be migrated by `db migrate` (or [`Store::migrate`]).
     pub async fn connect(url: &str) -> Result<Store> {
+        Self::open(url, true).await
+    }
+
+    /// Opens a throwaway SQLite file (a `simulate` run without `--db`)
+    /// without waiting for the disk on every commit: nothing in it must
+    /// survive a power cut, and a nine-day simulation is fsync-bound otherwise.
+    pub async fn connect_scratch(url: &str) -> Result<Store> {
+        Self::open(url, false).await
+    }
+
+    async fn open(url: &str, durable: bool) -> Result<Store> {
         if let Some(rest) = url.strip_prefix("sqlite:") {
             let opts = SqliteConnectOptions::from_str(&format!("sqlite:{rest}"))?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full)
+                .synchronous(if durable {
+                    SqliteSynchronous::Full
+                } else {
+                    SqliteSynchronous::Off
+                })
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
             let pool = SqlitePoolOptions::new()

@@ -6,6 +6,8 @@
 //!   server and signed webhooks; half the departments ack by link; the
 //!   report agrees. Runs on SQLite, and on PostgreSQL when
 //!   `ROLLCALL_TEST_POSTGRES_URL` is set
+//! - `scheduler`: the nine-day sample on a manual clock: rounds fire once at
+//!   their instants, steps and closes on time, pause, resume, endex
 //! - `simulate`: the README's main command on the smoke schedule
 //! - `store`: the store conformance suite, one set of bodies run on SQLite
 //!   and on PostgreSQL (when `ROLLCALL_TEST_POSTGRES_URL` is set), and the
@@ -13,6 +15,7 @@
 
 mod check;
 mod end_to_end;
+mod scheduler;
 mod simulate;
 mod store;
 mod support;
