@@ -567,6 +567,26 @@ async fn rounds_missed_while_the_daemon_was_down_fire_within_grace_and_are_skipp
     assert!(reason.contains("missed by 10m (grace 5m)"), "{reason}");
     daemon.stop();
 
+    // R02 (Sun 28 Feb 02:30 Hong Kong) passes while the daemon is down; it
+    // comes back 20 minutes later and records the planned round skipped.
+    let r02 = DateTime::parse_from_rfc3339("2027-02-27T18:30:00Z")
+        .unwrap()
+        .to_utc();
+    ws.set_clock(r02 + TimeDelta::minutes(20));
+    let daemon = ws.start_daemon();
+    let rounds = eventually("R02 to be skipped", || {
+        let r = round_states(&ws, "smoke");
+        (r["R02"]["state"] == "skipped").then_some(r)
+    })
+    .await;
+    assert!(
+        rounds["R02"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("missed by 20m (grace 5m)")
+    );
+    daemon.stop();
+
     let text = ws.cli_ok(&["exercise", "show", "smoke"]);
     assert!(text.contains("skipped (missed by 10m"), "{text}");
     let report: serde_json::Value =
