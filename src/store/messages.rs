@@ -181,9 +181,15 @@ impl Store {
         const EXPIRE: &str = "UPDATE messages SET state = 'expired', state_reason = 'deadline passed before sending', \
              payload = NULL, finished_at = $1, claimed_by = NULL, claim_expires_at = NULL \
              WHERE (state = 'pending' OR (state = 'sending' AND claim_expires_at < $1)) AND expires_at <= $1";
+        // A sender that crashed mid-send leaves `sending` rows; if the
+        // department has acked since, they are not sent again.
+        const CANCEL_ACKED: &str = "UPDATE messages SET state = 'cancelled', state_reason = 'acked', payload = NULL, \
+             finished_at = $1, claimed_by = NULL, claim_expires_at = NULL \
+             WHERE state = 'sending' AND claim_expires_at < $1 \
+             AND notification_id IN (SELECT id FROM notifications WHERE acked_at IS NOT NULL)";
         const CLAIMABLE: &str = "SELECT m.id FROM messages m JOIN notifications n ON n.id = m.notification_id \
              WHERE ((m.state = 'pending' AND m.due_at <= $3) OR (m.state = 'sending' AND m.claim_expires_at < $3)) \
-             AND n.status IN ('open', 'escalated') ORDER BY m.due_at, m.id LIMIT $4";
+             AND n.status IN ('open', 'escalated') AND n.acked_at IS NULL ORDER BY m.due_at, m.id LIMIT $4";
         const RETURNING: &str = " RETURNING id, notification_id, contact_id, channel, address, payload, attempts, expires_at";
         let sqlite_claim = format!(
             "UPDATE messages SET state = 'sending', claimed_by = $1, claim_expires_at = $2, attempts = attempts + 1 \
@@ -193,11 +199,13 @@ impl Store {
             "UPDATE messages SET state = 'sending', claimed_by = $1, claim_expires_at = $2, attempts = attempts + 1 \
              WHERE id IN ({CLAIMABLE} FOR UPDATE OF m SKIP LOCKED){RETURNING}"
         );
-        on_db!(self, |p| sqlx::query(EXPIRE)
-            .bind(ms(now))
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))?;
+        for sweep in [EXPIRE, CANCEL_ACKED] {
+            on_db!(self, |p| sqlx::query(sweep)
+                .bind(ms(now))
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()))?;
+        }
         let rows: Vec<ClaimedMessage> = match self {
             Store::Sqlite(p) => {
                 sqlx::query_as(sqlx::AssertSqlSafe(sqlite_claim))
@@ -332,6 +340,8 @@ impl Store {
              FROM notifications n WHERE n.status IN ('open', 'escalated') AND n.final_at <= $1";
         const SET: &str = "UPDATE notifications SET status = $1, finalised_at = $2 \
              WHERE id = $3 AND status IN ('open', 'escalated')";
+        const RETIRE_CODES: &str =
+            "UPDATE outcomes SET code_live = 0 WHERE code_live = 1 AND token_expires_at <= $1";
         const CLOSE_ROUNDS: &str = "UPDATE rounds SET state = 'closed', closed_at = $1 WHERE state = 'fired' \
              AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.round_id = rounds.id AND n.status IN ('open', 'escalated'))";
         let done = on_db!(self, |p| {
@@ -360,6 +370,12 @@ impl Store {
                     .rows_affected();
             }
             sqlx::query(CLOSE_ROUNDS)
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await?;
+            // A code stays live (answerable by SMS) as long as its link: until
+            // deadline + 24 h. Retiring it lets the code space be reused.
+            sqlx::query(RETIRE_CODES)
                 .bind(ms(now))
                 .execute(&mut *tx)
                 .await?;

@@ -63,6 +63,8 @@ on_both_backends!(
     events_are_numbered_without_gaps_even_when_written_at_once,
     the_last_heartbeat_is_the_latest_beat_of_any_instance,
     a_database_missing_a_migration_is_refused_as_stale,
+    a_crashed_send_is_not_repeated_once_the_department_has_acked,
+    a_code_is_retired_a_day_after_its_deadline_and_can_be_issued_again,
 );
 
 // ---- harness -----------------------------------------------------------
@@ -1093,6 +1095,91 @@ async fn a_due_message_goes_to_one_worker_until_its_claim_lapses(store: &Store) 
     );
     assert_eq!(m.payload, None);
     assert_eq!(store.next_message_due().await.unwrap(), None);
+}
+
+async fn a_crashed_send_is_not_repeated_once_the_department_has_acked(store: &Store) {
+    let v = running_exercise(store, EX, &[("R01", 0)]).await;
+    let c = clockwork(at(0));
+    fire(
+        store,
+        EX,
+        "R01",
+        v,
+        c,
+        &[department("AFCD", 1, c, &["sms"])],
+    )
+    .await;
+    // A sender claims the SMS and dies before recording the result.
+    let claimed = store
+        .claim_messages("crashed", at(0), at(0) + secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    // The department acks through its email link meanwhile.
+    assert!(matches!(
+        store
+            .record_link_ack(&token(1).digest(), at(0) + secs(10), None)
+            .await
+            .unwrap(),
+        AckOutcome::Acked { .. }
+    ));
+    // The claim lapses: the SMS is not handed out again, and is recorded why.
+    assert!(
+        store
+            .claim_messages("w2", at(1), at(2), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "an acked department is not messaged again"
+    );
+    let m = message(store, claimed[0].id).await;
+    assert_eq!(
+        (m.state.as_str(), m.state_reason.as_deref()),
+        ("cancelled", Some("acked"))
+    );
+    assert_eq!(
+        store.next_message_due().await.unwrap(),
+        None,
+        "nothing left to wake for"
+    );
+}
+
+async fn a_code_is_retired_a_day_after_its_deadline_and_can_be_issued_again(store: &Store) {
+    let v = running_exercise(store, EX, &[("R01", 0), ("R02", 25 * 60)]).await;
+    let c1 = clockwork(at(0));
+    fire(
+        store,
+        EX,
+        "R01",
+        v,
+        c1,
+        &[department("AFCD", 1, c1, &["sms"])],
+    )
+    .await;
+    let c2 = clockwork(at(25 * 60));
+    let r02 = round(store, EX, "R02").await;
+    // One minute before R01's codes retire (deadline + 24 h), the code is still live.
+    store
+        .finalise_due(c1.deadline_at + TimeDelta::hours(24) - secs(60))
+        .await
+        .unwrap();
+    let reuse = || {
+        let mut d = department("BD", 2, c2, &["sms"]);
+        d.outcomes[0].code = code(1);
+        vec![d]
+    };
+    assert!(matches!(
+        store.fire_round(r02.id, v, c2, &reuse()).await,
+        Err(StoreError::Conflict(_))
+    ));
+    store
+        .finalise_due(c1.deadline_at + TimeDelta::hours(24))
+        .await
+        .unwrap();
+    assert!(
+        store.fire_round(r02.id, v, c2, &reuse()).await.unwrap(),
+        "a retired code can be issued again"
+    );
 }
 
 async fn claimers_working_at_once_never_share_a_message(store: &Store) {
