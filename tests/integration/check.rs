@@ -705,3 +705,52 @@ exercise:
         ],
     );
 }
+
+/// Every command the README's usage block lists exists in the binary, so the
+/// README cannot drift from `--help`.
+#[test]
+fn every_command_in_the_readme_usage_exists() {
+    let readme = std::fs::read_to_string(support::root().join("README.md")).unwrap();
+    let usage = readme
+        .split("## Usage")
+        .nth(1)
+        .and_then(|s| s.split("```").nth(1))
+        .expect("README has a Usage code block");
+    let mut commands: Vec<Vec<String>> = Vec::new();
+    for line in usage.lines().filter(|l| l.starts_with("  ")) {
+        // The command, before the description (set off by two spaces).
+        let command = line.trim_start().split("  ").next().unwrap_or_default();
+        let words: Vec<&str> = command
+            .split_whitespace()
+            .take_while(|w| !w.starts_with(['<', '[']))
+            .collect();
+        let Some((top, rest)) = words.split_first() else {
+            continue;
+        };
+        // `exercise pause|resume|endex`, `exercise list | show`.
+        let subs: Vec<&str> = rest
+            .iter()
+            .flat_map(|w| w.split('|'))
+            .filter(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase()))
+            .collect();
+        if subs.is_empty() {
+            commands.push(vec![(*top).to_owned()]);
+        } else {
+            for s in subs {
+                commands.push(vec![(*top).to_owned(), s.to_owned()]);
+            }
+        }
+    }
+    assert!(commands.len() >= 15, "parsed {commands:?}");
+    for cmd in &commands {
+        let mut args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        args.push("--help");
+        let out = support::rollcall(&args);
+        assert!(
+            out.status.success(),
+            "README lists `rollcall {}` but the binary does not know it:\n{}",
+            cmd.join(" "),
+            support::stderr(&out)
+        );
+    }
+}
