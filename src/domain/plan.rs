@@ -202,6 +202,15 @@ impl Spans {
         out
     }
 
+    /// Removes every minute whose instant is less than `radius` seconds
+    /// from the instant `t` (seconds since the epoch).
+    fn clear_of(&mut self, t: i64, radius: i64) {
+        self.remove(
+            (t - radius).div_euclid(60) + 1,
+            (t + radius + 59).div_euclid(60),
+        );
+    }
+
     /// The `k`-th minute (0-based) across all spans.
     fn nth(&self, mut k: i64) -> Option<i64> {
         for &(a, b) in &self.0 {
@@ -597,7 +606,9 @@ pub fn plan(input: &PlanInput<'_>, problems: &mut Problems) -> Plan {
                 .push(cal.utc_minute(date, a), cal.utc_minute(date, b));
         }
     }
-    let deadline_min = deadline.num_minutes().max(1);
+    // Radii in seconds: a deadline or gap with seconds (`90s`), or an `at`
+    // with seconds, must not be rounded down to whole minutes.
+    let deadline_secs = deadline.num_seconds().max(1);
     for (index, spec) in s.rounds.iter().enumerate() {
         let RoundSpec::Random {
             count,
@@ -608,7 +619,7 @@ pub fn plan(input: &PlanInput<'_>, problems: &mut Problems) -> Plan {
         else {
             continue;
         };
-        let gap = (min_gap_secs / 60).max(deadline_min);
+        let gap = (*min_gap_secs).max(deadline_secs);
         let mut pools: Vec<(Bucket, Spans)> = Vec::new();
         for name in buckets {
             let Some(bucket) = Bucket::parse(name) else {
@@ -632,14 +643,13 @@ pub fn plan(input: &PlanInput<'_>, problems: &mut Problems) -> Plan {
         }
         // Keep clear of every round already planned.
         for d in &drafts {
-            let m = d.at.timestamp().div_euclid(60);
             let radius = if matches!(d.source, Source::Random { index: i, .. } if i == index) {
                 gap
             } else {
-                deadline_min
+                deadline_secs
             };
             for (_, pool) in &mut pools {
-                pool.remove(m - radius + 1, m + radius);
+                pool.clear_of(d.at.timestamp(), radius);
             }
         }
         let mut rng = generator(*seed, index as u64);
@@ -657,7 +667,7 @@ pub fn plan(input: &PlanInput<'_>, problems: &mut Problems) -> Plan {
             let Some(minute) = pool.nth(pick) else { break };
             let at = DateTime::from_timestamp(minute * 60, 0).unwrap_or(s.window_start);
             for (_, p) in &mut pools {
-                p.remove(minute - gap + 1, minute + gap);
+                p.clear_of(minute * 60, gap);
             }
             drafts.push(Draft {
                 at,
@@ -674,7 +684,7 @@ pub fn plan(input: &PlanInput<'_>, problems: &mut Problems) -> Plan {
                 format!(
                     "random block cannot be satisfied: only {drawn} of {count} rounds fit in {} at least {} apart, out of office hours and clear of the other rounds",
                     buckets.join(", "),
-                    super::format_duration(TimeDelta::minutes(gap))
+                    super::format_duration(TimeDelta::seconds(gap))
                 ),
             );
         }
@@ -1016,6 +1026,20 @@ mod tests {
         let mut o = Spans::default();
         o.push(3, 27);
         assert_eq!(s.intersect(&o).0, vec![(3, 5), (25, 27)]);
+    }
+
+    #[test]
+    fn clearing_a_radius_with_seconds_rounds_outwards() {
+        let mut s = Spans::default();
+        s.push(0, 10);
+        // 90 s around minute 5: minutes 4, 5 and 6 are closer than that.
+        s.clear_of(5 * 60, 90);
+        assert_eq!(s.0, vec![(0, 4), (7, 10)]);
+        // 60 s around 02:30 past minute 1: minutes 1 and 2 only.
+        let mut s = Spans::default();
+        s.push(0, 10);
+        s.clear_of(60 + 30, 60);
+        assert_eq!(s.0, vec![(0, 1), (3, 10)]);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //!   server and signed webhooks; half the departments ack by link; the
 //!   report agrees. Runs on SQLite, and on PostgreSQL when
 //!   `ROLLCALL_TEST_POSTGRES_URL` is set
+//! - `plan`: cron against croniter, planner properties, the nine-day drill's
+//!   golden plan, holidays and 1823 feeds, daylight saving, plan errors
 //! - `scheduler`: the nine-day sample on a manual clock: rounds fire once at
 //!   their instants, steps and closes on time, pause, resume, endex
 //! - `simulate`: the README's main command on the smoke schedule
@@ -15,6 +17,7 @@
 
 mod check;
 mod end_to_end;
+mod plan;
 mod scheduler;
 mod simulate;
 mod store;
