@@ -1691,3 +1691,74 @@ fn a_round_in_the_past_warns_in_check_and_plan_but_fails_exercise_load() {
         describe(&listed)
     );
 }
+
+/// Once started, an exercise's plan is frozen: reloading the same file
+/// changes nothing, a changed file is refused with what would change, and a
+/// loaded exercise whose rounds have passed cannot be started.
+#[test]
+fn a_started_plan_is_frozen_and_a_stale_one_cannot_start() {
+    let mut ws = workspace("2027-02-20T00:00:00Z");
+    ws.write_config(&format!(
+        "database: \"sqlite://{}\"\n",
+        ws.path().join("rollcall.db").display()
+    ));
+    ws.set_env("RUST_LOG", "warn");
+    let smoke = std::fs::read_to_string(support::root().join("schedules/smoke.yaml")).unwrap();
+    let file = write_schedule(&ws, "smoke.yaml", &smoke);
+    ws.cli_ok(&["exercise", "load", arg(&file)]);
+    ws.cli_ok(&["exercise", "start", "smoke", "--yes"]);
+    let again = ws.cli_ok(&["exercise", "load", arg(&file)]);
+    assert!(again.contains("smoke unchanged"), "{again}");
+
+    let changed = smoke.replace("target: 2m", "target: 3m").replace(
+        "    - at: 2027-02-28T02:30\n",
+        "    - at: 2027-02-28T02:30\n    - at: 2027-02-28T04:00\n",
+    );
+    assert_ne!(changed, smoke);
+    let file = write_schedule(&ws, "smoke.yaml", &changed);
+    let refused = ws.cli(&["exercise", "load", arg(&file)]);
+    assert_eq!(
+        refused.status.code(),
+        Some(EXIT_INVALID),
+        "{}",
+        describe(&refused)
+    );
+    let err = support::stderr(&refused);
+    assert!(err.contains("has started"), "{err}");
+    assert!(
+        err.contains("~ ack:"),
+        "the changed setting is named: {err}"
+    );
+    assert!(
+        err.contains("+ R03 Sun 2027-02-28 04:00"),
+        "the new round is named: {err}"
+    );
+    let show = ws.cli_ok(&["--json", "exercise", "show", "smoke"]);
+    let show: Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(
+        show["rounds"].as_array().unwrap().len(),
+        2,
+        "the stored plan is untouched"
+    );
+
+    // A second exercise, loaded in time but started after its first round.
+    let late = write_schedule(
+        &ws,
+        "late.yaml",
+        &smoke.replace("id: smoke", "id: smoke-late"),
+    );
+    ws.cli_ok(&["exercise", "load", arg(&late)]);
+    ws.set_clock(utc("2027-02-27T14:05:00Z"));
+    let start = ws.cli(&["exercise", "start", "smoke-late", "--yes"]);
+    assert_eq!(
+        start.status.code(),
+        Some(EXIT_INVALID),
+        "{}",
+        describe(&start)
+    );
+    assert!(
+        support::stderr(&start).contains("already in the past: R01"),
+        "{}",
+        describe(&start)
+    );
+}
