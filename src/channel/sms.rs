@@ -1,0 +1,98 @@
+//! SMS through the Twilio REST wire format.
+
+use chrono::{DateTime, Utc};
+
+use super::redact_url;
+use crate::store::SendResult;
+
+pub(super) struct TwilioChannel {
+    pub(super) name: String,
+    pub(super) base_url: String,
+    pub(super) account_sid: String,
+    pub(super) auth_token: Option<String>,
+    pub(super) from: Option<String>,
+    pub(super) status_callback: String,
+}
+
+impl TwilioChannel {
+    pub(super) async fn send(
+        &self,
+        http: &reqwest::Client,
+        to: &str,
+        text: &str,
+        deadline_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> SendResult {
+        let provider = self.name.clone();
+        let (Some(token), Some(from)) = (&self.auth_token, &self.from) else {
+            return SendResult::Failed {
+                provider,
+                permanent: true,
+                error: "twilio auth token or sender `from` not set".into(),
+            };
+        };
+        // Twilio drops a queued SMS once its validity runs out: a stale alert
+        // is never delivered after the deadline.
+        let validity = (deadline_at - now)
+            .num_seconds()
+            .clamp(1, 36_000)
+            .to_string();
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}/Messages.json",
+            self.base_url, self.account_sid
+        );
+        let form = [
+            ("To", to),
+            ("From", from.as_str()),
+            ("Body", text),
+            ("ValidityPeriod", validity.as_str()),
+            ("StatusCallback", self.status_callback.as_str()),
+        ];
+        let resp = http
+            .post(&url)
+            .basic_auth(&self.account_sid, Some(token))
+            .form(&form)
+            .send()
+            .await;
+        match resp {
+            Ok(r) if r.status().is_success() => {
+                let body: serde_json::Value = r.json().await.unwrap_or_default();
+                let sid = body.get("sid").and_then(|s| s.as_str()).map(str::to_owned);
+                SendResult::Accepted {
+                    provider,
+                    provider_ref: sid,
+                }
+            }
+            Ok(r) => {
+                let status = r.status();
+                let body: serde_json::Value = r.json().await.unwrap_or_default();
+                let code = body.get("code").and_then(serde_json::Value::as_i64);
+                let permanent = match code {
+                    Some(21211 | 21614 | 21610 | 21408 | 21612) => true,
+                    _ => {
+                        status.is_client_error() && status.as_u16() != 429 && status.as_u16() != 401
+                    }
+                };
+                let message = body.get("message").and_then(|m| m.as_str()).unwrap_or("");
+                SendResult::Failed {
+                    provider,
+                    permanent,
+                    error: format!(
+                        "HTTP {status}{}{}",
+                        code.map(|c| format!(" code {c}")).unwrap_or_default(),
+                        if message.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {message}")
+                        }
+                    ),
+                }
+            }
+            Err(e) => SendResult::Failed {
+                provider,
+                permanent: false,
+                error: redact_url(&e.to_string()),
+            },
+        }
+    }
+}
