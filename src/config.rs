@@ -48,6 +48,8 @@ pub enum SenderMode {
 #[derive(Debug, Clone)]
 pub struct Rate {
     pub per_second: f64,
+    /// Segments that may go at once before pacing starts (`burst`, default 1).
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -408,6 +410,7 @@ fn read_sms(cfg: &mut Config, node: &Node, path: &Path, problems: &mut Problems)
             "auth_token_env",
             "alternate_auth_token_env",
             "rate",
+            "burst",
             "url",
             "headers_env",
             "body",
@@ -419,9 +422,20 @@ fn read_sms(cfg: &mut Config, node: &Node, path: &Path, problems: &mut Problems)
         let name = p
             .require_str("name", "a provider", problems)
             .map(|(s, _)| s.to_owned());
-        let rate = p
+        let mut rate = p
             .str("rate", problems)
             .and_then(|(s, pos)| parse_rate(s).map_err(|e| problems.error(path, pos, e)).ok());
+        if let Some((b, pos)) = p.str("burst", problems) {
+            match (b.parse::<u32>(), rate.as_mut()) {
+                (Ok(n), Some(r)) if n >= 1 => r.burst = n,
+                (Ok(_), None) => problems.error(path, pos, "`burst` needs a `rate`"),
+                _ => problems.error(
+                    path,
+                    pos,
+                    format!("`burst` must be a whole number of segments, at least 1, found `{b}`"),
+                ),
+            }
+        }
         let kind = match p.require_str("kind", "a provider", problems) {
             Some(("twilio", _)) => {
                 let base_url = p
@@ -676,7 +690,10 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
         "h" => n / 3600.0,
         _ => return Err(bad()),
     };
-    Ok(Rate { per_second })
+    Ok(Rate {
+        per_second,
+        burst: 1,
+    })
 }
 
 impl Config {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::TimeDelta;
 use tokio::task::JoinSet;
 
-use crate::channel::Channels;
+use crate::channel::{Channels, ProviderEvent};
 use crate::clock::SharedClock;
 use crate::domain::render::Payload;
 use crate::store::{SendResult, Store, StoreError};
@@ -80,23 +80,99 @@ impl Dispatcher {
             while let Some(joined) = set.join_next().await {
                 let Ok((msg, result)) = joined else { continue };
                 let retry_after = (msg.attempts < i64::from(self.retry.attempts))
-                    .then(|| self.backoff(msg.attempts));
+                    .then(|| backoff_for(&self.retry, msg.id, msg.attempts));
                 if let SendResult::Failed {
-                    error, permanent, ..
+                    error,
+                    permanent,
+                    provider,
                 } = &result
                 {
                     tracing::warn!(message.id = msg.id, channel.kind = %msg.channel, permanent, error = %error, "send failed");
+                    if *permanent && msg.channel == "sms" {
+                        // An invalid, fixed-line or opted-out number is a
+                        // contact-data finding for the report, not a retry.
+                        self.store
+                            .event(
+                                self.clock.now(),
+                                "contact.finding",
+                                None,
+                                serde_json::json!({
+                                    "message": msg.id,
+                                    "contact": msg.contact_id,
+                                    "channel": msg.channel,
+                                    "provider": provider,
+                                    "error": error,
+                                }),
+                            )
+                            .await?;
+                    }
                 }
                 self.store
                     .finish_message(&msg, &result, self.clock.now(), retry_after)
                     .await?;
             }
+            for e in self.channels.drain_provider_events() {
+                let (kind, data) = match &e {
+                    ProviderEvent::FailedOver {
+                        provider,
+                        next,
+                        error,
+                    } => {
+                        tracing::error!(%provider, next = ?next, %error, "SMS provider held open; failing over");
+                        (
+                            "provider.failover",
+                            serde_json::json!({"provider": provider, "next": next, "error": error}),
+                        )
+                    }
+                    ProviderEvent::Recovered { provider } => {
+                        tracing::info!(%provider, "SMS provider recovered");
+                        (
+                            "provider.recovered",
+                            serde_json::json!({"provider": provider}),
+                        )
+                    }
+                };
+                self.store.event(self.clock.now(), kind, None, data).await?;
+            }
         }
     }
+}
 
-    /// Exponential backoff from `backoff`, capped at `max_backoff`.
-    fn backoff(&self, attempts: i64) -> TimeDelta {
-        let factor = 1i32 << attempts.clamp(0, 16);
-        (self.retry.backoff * factor).min(self.retry.max_backoff)
+/// Exponential backoff from `backoff` (doubling per attempt, capped at
+/// `max_backoff`) with jitter: between half and all of it, drawn from the
+/// message and attempt so retries of one round spread out yet a run is
+/// reproducible.
+pub fn backoff_for(retry: &RetryPolicy, message_id: i64, attempts: i64) -> TimeDelta {
+    let factor = 1i32 << (attempts - 1).clamp(0, 16);
+    let full = (retry.backoff * factor).min(retry.max_backoff);
+    let digest = crate::domain::codes::sha256_hex(format!("{message_id}/{attempts}").as_bytes());
+    let fraction = u64::from_str_radix(&digest[..8], 16).unwrap_or(0) as f64 / f64::from(u32::MAX);
+    let ms = full.num_milliseconds() as f64 * (0.5 + 0.5 * fraction);
+    TimeDelta::milliseconds(ms as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_stays_under_the_cap() {
+        let retry = RetryPolicy {
+            attempts: 5,
+            backoff: TimeDelta::seconds(15),
+            max_backoff: TimeDelta::minutes(5),
+        };
+        let d = |id, attempts| {
+            let full = (retry.backoff * (1 << (attempts - 1))).min(retry.max_backoff);
+            let got = backoff_for(&retry, id, attempts);
+            assert!(got >= full / 2 && got <= full, "{got} of {full}");
+            got
+        };
+        d(1, 1);
+        d(1, 2);
+        d(1, 9);
+        let spread: std::collections::BTreeSet<TimeDelta> = (0..50).map(|id| d(id, 3)).collect();
+        assert!(spread.len() > 40, "retries of one round spread out");
+        assert_eq!(d(7, 2), d(7, 2), "reproducible");
     }
 }

@@ -64,11 +64,13 @@ pub struct RoundView {
 
 /// Builds the view of a plan; `roster` gives the per-channel counts.
 pub fn build(schedule: &Schedule, plan: &Plan, roster: &Roster, cfg: &Config) -> PlanView {
-    let rate = cfg
-        .sms_providers
-        .first()
-        .and_then(|p| p.rate.as_ref())
-        .map(|r| r.per_second);
+    let paced = cfg.sms_providers.first().and_then(|p| p.rate.as_ref());
+    let rate = paced.map(|r| r.per_second);
+    // The same token bucket the dispatcher paces with: `burst` segments leave
+    // at once, each further one 1/rate later.
+    let send_secs = |segments: usize| {
+        paced.map(|r| segments.saturating_sub(r.burst as usize) as f64 / r.per_second)
+    };
     let step = schedule.escalation.first();
     let sms_text = |lang: Lang| {
         let at = plan.rounds.first().map_or(schedule.window_start, |r| r.at);
@@ -130,7 +132,7 @@ pub fn build(schedule: &Schedule, plan: &Plan, roster: &Roster, cfg: &Config) ->
             excluded: r.excluded.iter().map(|e| e.department.clone()).collect(),
             messages,
             sms_segments,
-            sms_send_secs: rate.map(|per_s| sms_segments as f64 / per_s),
+            sms_send_secs: send_secs(sms_segments),
         });
     }
     let rules = schedule
@@ -307,7 +309,7 @@ pub fn render_text(v: &PlanView) -> String {
                 .max_by(|a, b| a.sms_segments.cmp(&b.sms_segments))
                 .filter(|r| r.sms_segments > 0)
             {
-                let t = slowest.sms_segments as f64 / rate;
+                let t = slowest.sms_send_secs.unwrap_or_default();
                 let _ = writeln!(
                     o,
                     "\nAt {rate}/s the largest round ({}) needs {} to send {} SMS segments{}.",

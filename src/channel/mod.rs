@@ -6,9 +6,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use hmac::{KeyInit, Mac};
 mod email;
+mod http_json;
+pub mod route;
 mod sms;
 
 use email::{EmailChannel, email_channel};
+use http_json::HttpJsonChannel;
+pub use route::ProviderEvent;
+use route::{Provider, ProviderChannel, SmsRoute};
 use sms::TwilioChannel;
 
 use crate::config::{Config, ProviderKind, Secrets};
@@ -32,6 +37,8 @@ pub fn signature_header(secret: &[u8], t: i64, body: &[u8]) -> String {
 pub enum ChannelSetupError {
     #[error("smtp: {0}")]
     Smtp(String),
+    #[error("{0}")]
+    Sms(String),
     #[error("http client: {0}")]
     Http(#[from] reqwest::Error),
 }
@@ -39,7 +46,7 @@ pub enum ChannelSetupError {
 /// Every channel the daemon can send on, built once from the configuration.
 pub struct Channels {
     email: Option<EmailChannel>,
-    sms: Option<TwilioChannel>,
+    sms: SmsRoute,
     http: reqwest::Client,
     webhook_timeout: Duration,
     default_webhook_secret_env: String,
@@ -63,22 +70,47 @@ impl Channels {
             Some(smtp) => Some(email_channel(cfg, smtp, &secrets)?),
             None => None,
         };
-        let sms = cfg.sms_providers.iter().find_map(|p| match &p.kind {
-            ProviderKind::Twilio {
-                base_url,
-                account_sid,
-                auth_token_env,
-                ..
-            } => Some(TwilioChannel {
-                name: p.name.clone(),
-                base_url: base_url.clone(),
-                account_sid: account_sid.clone(),
-                auth_token: secrets.get(auth_token_env).map(|s| s.expose().to_owned()),
-                from: cfg.sms_from.clone(),
-                status_callback: format!("{}/hooks/sms/{}/status", cfg.public_url, p.name),
-            }),
-            ProviderKind::HttpJson { .. } => None,
-        });
+        let mut providers = Vec::new();
+        for p in &cfg.sms_providers {
+            let channel = match &p.kind {
+                ProviderKind::Twilio {
+                    base_url,
+                    account_sid,
+                    auth_token_env,
+                    ..
+                } => ProviderChannel::Twilio(TwilioChannel {
+                    name: p.name.clone(),
+                    base_url: base_url.clone(),
+                    account_sid: account_sid.clone(),
+                    auth_token: secrets.get(auth_token_env).map(|s| s.expose().to_owned()),
+                    from: cfg.sms_from.clone(),
+                    status_callback: format!("{}/hooks/sms/{}/status", cfg.public_url, p.name),
+                }),
+                ProviderKind::HttpJson {
+                    url,
+                    headers_env,
+                    body,
+                    ..
+                } => {
+                    let headers = headers_env
+                        .iter()
+                        .filter_map(|(h, env)| {
+                            secrets.get(env).map(|v| (h.clone(), v.expose().to_owned()))
+                        })
+                        .collect();
+                    ProviderChannel::HttpJson(
+                        HttpJsonChannel::new(p.name.clone(), url.clone(), headers, body)
+                            .map_err(ChannelSetupError::Sms)?,
+                    )
+                }
+            };
+            providers.push(Provider::new(
+                p.name.clone(),
+                channel,
+                p.rate.as_ref().map(|r| (r.per_second, r.burst)),
+            ));
+        }
+        let sms = SmsRoute::new(providers);
         Ok(Channels {
             email,
             sms,
@@ -109,10 +141,21 @@ impl Channels {
                 deadline_at,
             } => {
                 tracing::Span::current().record("channel.kind", "sms");
-                match &self.sms {
-                    Some(ch) => ch.send(&self.http, to, text, *deadline_at, now).await,
-                    None => SendResult::NotConfigured,
+                if self.sms.is_empty() {
+                    return SendResult::NotConfigured;
                 }
+                let segments = crate::domain::sms::segments(text).count as u32;
+                self.sms
+                    .send(
+                        &self.http,
+                        message_id,
+                        to,
+                        text,
+                        segments,
+                        *deadline_at,
+                        now,
+                    )
+                    .await
             }
             Payload::Webhook {
                 url,
@@ -134,6 +177,11 @@ impl Channels {
                     .await
             }
         }
+    }
+
+    /// Provider failovers and recoveries since the last call, for control.
+    pub fn drain_provider_events(&self) -> Vec<ProviderEvent> {
+        self.sms.drain_events()
     }
 
     async fn send_webhook(

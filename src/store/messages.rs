@@ -263,13 +263,18 @@ impl Store {
                 permanent,
                 error,
             } => {
+                let expires_at = from_ms(message.expires_at);
                 let retry_at = match (permanent, retry_after) {
-                    (false, Some(after)) if now + after < from_ms(message.expires_at) => {
-                        Some(now + after)
-                    }
+                    (false, Some(after)) => Some(now + after),
                     _ => None,
                 };
                 match retry_at {
+                    // A retry that would land after the deadline is never
+                    // sent: the message is `expired`, not sent late.
+                    Some(at) if at >= expires_at => {
+                        self.expire_message(message.id, provider, error, now)
+                            .await?;
+                    }
                     Some(at) => {
                         const Q: &str = "UPDATE messages SET state = 'pending', due_at = $1, provider = $2, last_error = $3, \
                              claimed_by = NULL, claim_expires_at = NULL WHERE id = $4";
@@ -298,6 +303,27 @@ impl Store {
                     }
                 }
             }
+            SendResult::Deferred { until } => {
+                if *until >= from_ms(message.expires_at) {
+                    self.expire_message(
+                        message.id,
+                        "pacing",
+                        "the provider's rate would send it after the deadline",
+                        now,
+                    )
+                    .await?;
+                } else {
+                    // Paced, not attempted: the claim's attempt is given back.
+                    const Q: &str = "UPDATE messages SET state = 'pending', due_at = $1, attempts = attempts - 1, \
+                         claimed_by = NULL, claim_expires_at = NULL WHERE id = $2 AND state = 'sending'";
+                    on_db!(self, |p| sqlx::query(Q)
+                        .bind(ms(*until))
+                        .bind(message.id)
+                        .execute(p)
+                        .await
+                        .map(|r| r.rows_affected()))?;
+                }
+            }
             SendResult::NotConfigured => {
                 const Q: &str = "UPDATE messages SET state = 'not_configured', state_reason = 'no provider configured for this channel', \
                      payload = NULL, finished_at = $1, claimed_by = NULL, claim_expires_at = NULL WHERE id = $2";
@@ -309,6 +335,29 @@ impl Store {
                     .map(|r| r.rows_affected()))?;
             }
         }
+        Ok(())
+    }
+
+    /// Marks a claimed message `expired`: it could not go out before its
+    /// deadline.
+    async fn expire_message(
+        &self,
+        id: i64,
+        provider: &str,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        const Q: &str = "UPDATE messages SET state = 'expired', \
+             state_reason = 'retries would run past the deadline', provider = $1, last_error = $2, \
+             payload = NULL, finished_at = $3, claimed_by = NULL, claim_expires_at = NULL WHERE id = $4";
+        on_db!(self, |p| sqlx::query(Q)
+            .bind(provider)
+            .bind(error)
+            .bind(ms(now))
+            .bind(id)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(())
     }
 

@@ -118,6 +118,11 @@ pub enum SendResult {
         error: String,
     },
     NotConfigured,
+    /// Not sent yet: the provider's pacing lets it go at `until`. Not an
+    /// attempt.
+    Deferred {
+        until: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -2,6 +2,8 @@
 //!
 //! Table of contents:
 //! - `check`: `rollcall check` on a broken contacts directory and on bad input
+//! - `delivery`: SMS under provider faults on a manual clock: 429 retried, an
+//!   invalid number a finding, failover to the http-json backup, expiry, pacing
 //! - `end_to_end`: the daemon sends a round over real SMTP, a Twilio-format
 //!   server and signed webhooks; half the departments ack by link; the
 //!   report agrees. Runs on SQLite, and on PostgreSQL when
@@ -16,6 +18,7 @@
 //!   schema parity of the two dialects' migrations
 
 mod check;
+mod delivery;
 mod end_to_end;
 mod plan;
 mod scheduler;

@@ -1337,8 +1337,8 @@ async fn the_outbox_records_what_each_provider_said(store: &Store) {
     let m = message(store, dpo_hook.id).await;
     assert_eq!(
         (m.state.as_str(), m.state_reason.as_deref()),
-        ("failed", Some("transient")),
-        "no retry is scheduled past the deadline"
+        ("expired", Some("retries would run past the deadline")),
+        "no retry is scheduled past the deadline: the message expires unsent"
     );
 
     let fsd_sms = find(&claimed, "fsd-primary", "sms");
@@ -1396,7 +1396,7 @@ async fn the_outbox_records_what_each_provider_said(store: &Store) {
             ("sms", "accepted", 1),
             ("sms", "expired", 1),
             ("sms", "not_configured", 1),
-            ("webhook", "failed", 1),
+            ("webhook", "expired", 1),
         ])
     );
 }

@@ -1,0 +1,427 @@
+//! Delivery under provider faults, on a manual clock: local HTTP servers
+//! speaking the Twilio Messages API and an `http-json` gateway, answering
+//! what a bad night at 2 a.m. looks like (429s, 500s, an invalid number),
+//! and the store saying exactly what happened to each SMS.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::post;
+use chrono::{DateTime, TimeDelta, Utc};
+use rollcall::channel::Channels;
+use rollcall::clock::{Clock, ManualClock, SharedClock};
+use rollcall::config::{Config, ProviderKind, Rate, Secrets, SmsProvider};
+use rollcall::dispatch::{Dispatcher, RetryPolicy};
+use rollcall::domain::plan;
+use rollcall::engine::Engine;
+use rollcall::store::Store;
+
+use crate::support;
+
+const SID: &str = "AC0000000000000000000000000000fa17";
+
+/// How a fake Twilio answers the `n`-th request (0-based) for a number.
+type Script = Arc<dyn Fn(&str, usize) -> (StatusCode, serde_json::Value) + Send + Sync>;
+
+#[derive(Clone)]
+struct Fake {
+    script: Script,
+    /// Requests per `To`, in arrival order.
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+async fn twilio(
+    State(f): State<Fake>,
+    Path(_sid): Path<String>,
+    axum::Form(form): axum::Form<BTreeMap<String, String>>,
+) -> impl IntoResponse {
+    let to = form.get("To").cloned().unwrap_or_default();
+    let n = {
+        let mut seen = f.seen.lock().unwrap();
+        let n = seen.iter().filter(|t| **t == to).count();
+        seen.push(to.clone());
+        n
+    };
+    let (status, body) = (f.script)(&to, n);
+    (status, axum::Json(body))
+}
+
+async fn gateway(
+    State(f): State<Fake>,
+    axum::Json(body): axum::Json<serde_json::Value>,
+) -> impl IntoResponse {
+    let to = body["to"].as_str().unwrap_or_default().to_owned();
+    let mut seen = f.seen.lock().unwrap();
+    seen.push(to);
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::json!({"id": format!("gw-{}", seen.len())})),
+    )
+}
+
+async fn serve(router: Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(rollcall::sinks::serve_router(
+        listener,
+        router,
+        std::future::pending(),
+    ));
+    addr
+}
+
+async fn fake_twilio(script: Script) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let fake = Fake {
+        script,
+        seen: Arc::default(),
+    };
+    let seen = Arc::clone(&fake.seen);
+    let router = Router::new()
+        .route("/2010-04-01/Accounts/{sid}/Messages.json", post(twilio))
+        .with_state(fake);
+    (serve(router).await, seen)
+}
+
+fn accepted(n: usize) -> (StatusCode, serde_json::Value) {
+    (
+        StatusCode::CREATED,
+        serde_json::json!({"sid": format!("SM{n:032}"), "status": "queued"}),
+    )
+}
+
+fn twilio_provider(addr: std::net::SocketAddr, rate: Option<Rate>) -> SmsProvider {
+    SmsProvider {
+        name: "primary".into(),
+        kind: ProviderKind::Twilio {
+            base_url: format!("http://{addr}"),
+            account_sid: SID.into(),
+            auth_token_env: "FAULT_TWILIO_TOKEN".into(),
+            alternate_auth_token_env: None,
+        },
+        rate,
+    }
+}
+
+/// The smoke schedule's three departments (or every department with
+/// `all`), fired at T0 on a manual clock; only SMS is configured.
+struct Night {
+    store: Store,
+    clock: Arc<ManualClock>,
+    dispatcher: Dispatcher,
+    t0: DateTime<Utc>,
+    _dir: tempfile::TempDir,
+}
+
+async fn night(providers: Vec<SmsProvider>, retry: RetryPolicy, everyone: bool) -> Night {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}", dir.path().join("n.db").display()))
+        .await
+        .unwrap();
+    let t0 = DateTime::parse_from_rfc3339("2027-02-27T14:00:00Z")
+        .unwrap()
+        .to_utc();
+    let clock = ManualClock::new(t0 - TimeDelta::hours(1));
+    let shared: SharedClock = clock.clone();
+    let schedule_file = if everyone {
+        let text = std::fs::read_to_string(support::root().join("schedules/smoke.yaml"))
+            .unwrap()
+            .replace("targets: [DPO, HKPF, FSD]", "targets: all");
+        let f = dir.path().join("smoke-all.yaml");
+        std::fs::write(&f, text).unwrap();
+        f
+    } else {
+        support::root().join("schedules/smoke.yaml")
+    };
+    let (roster, schedule, plan) = plan::load_and_plan(
+        &support::root().join("contacts"),
+        &schedule_file,
+        clock.now(),
+        true,
+    )
+    .unwrap();
+    rollcall::engine::load_exercise(&store, &roster, &schedule, &plan, clock.now())
+        .await
+        .unwrap();
+    store
+        .set_exercise_state("smoke", &["loaded"], "running", clock.now(), None)
+        .await
+        .unwrap();
+    let cfg = Config {
+        sms_from: Some("+85251234567".into()),
+        sms_providers: providers,
+        ..Config::default()
+    };
+    let secrets = Secrets::supplied(vec![
+        ("FAULT_TWILIO_TOKEN".to_owned(), "token".to_owned()),
+        ("FAULT_GW_KEY".to_owned(), "gw-key".to_owned()),
+    ]);
+    let channels = Arc::new(Channels::from_config(&cfg, secrets).unwrap());
+    let engine = Engine::new(
+        store.clone(),
+        Arc::clone(&shared),
+        rollcall::daemon::engine_settings(&cfg),
+    );
+    let dispatcher = Dispatcher::new(store.clone(), shared, channels, retry, "fault".into());
+    clock.set(t0);
+    engine.tick().await.unwrap();
+    Night {
+        store,
+        clock,
+        dispatcher,
+        t0,
+        _dir: dir,
+    }
+}
+
+impl Night {
+    /// Dispatches at every instant the outbox has work, until it has none.
+    async fn drain(&self) {
+        for _ in 0..10_000 {
+            self.dispatcher.dispatch_pending().await.unwrap();
+            match self.store.next_message_due().await.unwrap() {
+                Some(t) => self.clock.set(t.max(self.clock.now())),
+                None => return,
+            }
+        }
+        panic!("the outbox never drained");
+    }
+
+    /// (state, provider, attempts, accepted_at, finished_at) of every SMS.
+    async fn sms(&self) -> Vec<(String, Option<String>, i64, Option<i64>, Option<i64>)> {
+        let Store::Sqlite(pool) = &self.store else {
+            unreachable!()
+        };
+        sqlx::query_as(
+            "SELECT state, provider, attempts, accepted_at, finished_at FROM messages \
+             WHERE channel = 'sms' ORDER BY id",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    }
+
+    async fn events(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.store
+            .events(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| serde_json::from_str(&e.data).unwrap())
+            .collect()
+    }
+}
+
+fn retry(attempts: u32, backoff_secs: i64) -> RetryPolicy {
+    RetryPolicy {
+        attempts,
+        backoff: TimeDelta::seconds(backoff_secs),
+        max_backoff: TimeDelta::minutes(5),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_is_retried_and_every_sms_is_accepted_once() {
+    let (addr, seen) = fake_twilio(Arc::new(|_, n| {
+        if n == 0 {
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                serde_json::json!({"code": 20429, "message": "Too Many Requests"}),
+            )
+        } else {
+            accepted(n)
+        }
+    }))
+    .await;
+    let night = night(vec![twilio_provider(addr, None)], retry(5, 15), false).await;
+    night.drain().await;
+    let sms = night.sms().await;
+    assert!(!sms.is_empty());
+    for (state, provider, attempts, ..) in &sms {
+        assert_eq!(state, "accepted");
+        assert_eq!(provider.as_deref(), Some("primary"));
+        assert_eq!(*attempts, 2, "one 429, then accepted");
+    }
+    assert_eq!(seen.lock().unwrap().len(), 2 * sms.len(), "no extra sends");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_number_fails_permanently_once_and_becomes_a_finding() {
+    // DPO's primary has a number Twilio calls invalid (21211).
+    let mut problems = rollcall::yaml::Problems::default();
+    let (roster, _) =
+        rollcall::domain::contacts::load_dir(&support::root().join("contacts"), &mut problems);
+    let invalid = roster
+        .department("DPO")
+        .unwrap()
+        .contacts
+        .iter()
+        .find(|c| c.role.as_str() == "primary" && c.sms.is_some())
+        .and_then(|c| c.sms.as_ref())
+        .unwrap()
+        .as_str()
+        .to_owned();
+    let bad = invalid.clone();
+    let (addr, seen) = fake_twilio(Arc::new(move |to, n| {
+        if to == bad {
+            (
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"code": 21211, "message": "Invalid 'To' Phone Number"}),
+            )
+        } else {
+            accepted(n)
+        }
+    }))
+    .await;
+    let night = night(vec![twilio_provider(addr, None)], retry(5, 15), false).await;
+    night.drain().await;
+    let sms = night.sms().await;
+    let failed: Vec<_> = sms.iter().filter(|m| m.0 == "failed").collect();
+    assert_eq!(failed.len(), 1, "only the invalid number fails");
+    assert_eq!(failed[0].2, 1, "a permanent error is not retried");
+    assert!(
+        sms.iter()
+            .filter(|m| m.0 != "failed")
+            .all(|m| m.0 == "accepted")
+    );
+    assert_eq!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|t| **t == invalid)
+            .count(),
+        1,
+        "the invalid number was tried once"
+    );
+    let findings = night.events("contact.finding").await;
+    assert_eq!(findings.len(), 1);
+    assert!(findings[0]["error"].as_str().unwrap().contains("21211"));
+    assert!(
+        findings[0]["contact"].as_str().unwrap().starts_with("dpo-"),
+        "{}",
+        findings[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_twilio_fails_everything_the_http_json_backup_carries_the_sms() {
+    let (primary, twilio_seen) = fake_twilio(Arc::new(|_, _| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"code": 20500, "message": "Internal Server Error"}),
+        )
+    }))
+    .await;
+    let gw = Fake {
+        script: Arc::new(|_, n| accepted(n)),
+        seen: Arc::default(),
+    };
+    let gw_seen = Arc::clone(&gw.seen);
+    let backup = serve(Router::new().route("/send", post(gateway)).with_state(gw)).await;
+    let providers = vec![
+        twilio_provider(primary, None),
+        SmsProvider {
+            name: "backup".into(),
+            kind: ProviderKind::HttpJson {
+                url: format!("http://{backup}/send"),
+                headers_env: vec![("X-Api-Key".into(), "FAULT_GW_KEY".into())],
+                body: r#"{"to": {{ to|tojson }}, "text": {{ text|tojson }}, "ref": {{ message_id|tojson }}}"#.into(),
+                inbound_secret_env: None,
+            },
+            rate: None,
+        },
+    ];
+    let night = night(providers, retry(5, 15), true).await;
+    night.drain().await;
+    let sms = night.sms().await;
+    assert!(sms.len() > 60, "a round to every department");
+    for (state, provider, ..) in &sms {
+        assert_eq!(state, "accepted");
+        assert_eq!(
+            provider.as_deref(),
+            Some("backup"),
+            "the store shows the backup carried it"
+        );
+    }
+    assert_eq!(gw_seen.lock().unwrap().len(), sms.len(), "each SMS once");
+    // Failures before the breaker opened are retried; after it opened, a
+    // message the primary failed went to the backup in the same attempt.
+    let retried = sms.iter().filter(|m| m.2 > 1).count();
+    assert!(
+        retried < rollcall::channel::route::BREAKER_THRESHOLD as usize,
+        "{retried} messages needed a second attempt"
+    );
+    // Sends already in flight when the breaker opened still reached the
+    // primary; after that it was left alone.
+    let tried = twilio_seen.lock().unwrap().len();
+    assert!(
+        (rollcall::channel::route::BREAKER_THRESHOLD as usize..sms.len()).contains(&tried),
+        "{tried} of {} SMS tried the primary",
+        sms.len()
+    );
+    let failovers = night.events("provider.failover").await;
+    assert_eq!(failovers.len(), 1);
+    assert_eq!(failovers[0]["provider"], "primary");
+    assert_eq!(failovers[0]["next"], "backup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_retries_run_past_the_deadline_expires_unsent() {
+    let (addr, seen) = fake_twilio(Arc::new(|_, _| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"code": 20503, "message": "Service Unavailable"}),
+        )
+    }))
+    .await;
+    // Retries at +60s, +120s, +240s: the third would land past the 5m deadline.
+    let night = night(vec![twilio_provider(addr, None)], retry(10, 60), false).await;
+    let deadline = night.t0 + TimeDelta::minutes(5);
+    night.drain().await;
+    let sms = night.sms().await;
+    for (state, _, _, accepted_at, finished_at) in &sms {
+        assert_eq!(state, "expired");
+        assert!(accepted_at.is_none());
+        assert!(
+            finished_at.is_some_and(|t| t < deadline.timestamp_millis()),
+            "expired as soon as no retry could make the deadline"
+        );
+    }
+    assert!(
+        night.clock.now() < deadline,
+        "nothing waited for the deadline to pass"
+    );
+    assert!(!seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sms_at_five_a_second_leave_a_fifth_of_a_second_apart() {
+    let (addr, _) = fake_twilio(Arc::new(|_, n| accepted(n))).await;
+    let rate = Rate {
+        per_second: 5.0,
+        burst: 1,
+    };
+    let night = night(vec![twilio_provider(addr, Some(rate))], retry(5, 15), true).await;
+    night.drain().await;
+    let sms = night.sms().await;
+    assert!(sms.len() >= 20);
+    let mut at: Vec<i64> = sms.iter().map(|m| m.3.expect("accepted")).collect();
+    at.sort_unstable();
+    for pair in at.windows(2) {
+        assert!(pair[1] - pair[0] >= 200, "{} ms apart", pair[1] - pair[0]);
+    }
+    let span = at.last().unwrap() - at.first().unwrap();
+    assert!(
+        span >= (sms.len() as i64 - 1) * 200,
+        "{} SMS took {span} ms of virtual time",
+        sms.len()
+    );
+    assert!(
+        sms.iter().all(|m| m.2 == 1),
+        "pacing is not a failed attempt"
+    );
+}
