@@ -1,18 +1,22 @@
-//! The public HTTP surface: ack links and health. `GET /a/{token}` shows a
-//! confirm page and changes nothing (mail scanners prefetch links);
-//! `POST /a/{token}` records the ack at the injected clock's time.
+//! The public HTTP surface: ack links, provider hooks and health.
+//! `GET /a/{token}` shows a confirm page and changes nothing (mail scanners
+//! prefetch links); `POST /a/{token}` records the ack at the injected clock's
+//! time; `POST /hooks/sms/{provider}/status` takes delivery receipts
+//! ([`crate::hooks`]).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::clock::SharedClock;
 use crate::domain::codes::LinkToken;
+use crate::hooks::{self, SmsHooks};
 use crate::store::{AckOutcome, Store};
 
 /// Bodies over this are refused (PRODUCT.md §9).
@@ -22,25 +26,34 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub struct AckState {
     pub store: Store,
     pub clock: SharedClock,
+    /// What verifies the SMS providers' webhooks; the default knows no
+    /// provider, so every `/hooks/sms/...` answers 404.
+    pub sms_hooks: SmsHooks,
 }
 
 pub fn router(state: AckState) -> Router {
     Router::new()
         .route("/a/{token}", get(confirm_page).post(acknowledge))
+        .route("/hooks/sms/{provider}/status", post(hooks::sms_status))
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(Arc::new(state))
 }
 
 /// Serves the public router on a listener the caller bound, until `shutdown`.
+/// Handlers see the peer's address (failed authentications are rate-limited
+/// per source).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AckState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 async fn healthz(State(state): State<Arc<AckState>>) -> Response {

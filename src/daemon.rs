@@ -14,6 +14,7 @@ use crate::clock::SharedClock;
 use crate::config::{Config, Secrets};
 use crate::dispatch::{Dispatcher, RetryPolicy};
 use crate::engine::{Engine, EngineSettings};
+use crate::hooks::SmsHooks;
 use crate::store::Store;
 
 /// The daemon's longest sleep: CLI writes take effect within this (PRODUCT.md §3).
@@ -86,6 +87,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     store.check_schema().await?;
+    let sms_hooks = SmsHooks::from_config(cfg, &secrets);
     let channels = Arc::new(Channels::from_config(cfg, secrets)?);
     let engine = Engine::new(store.clone(), Arc::clone(&clock), engine_settings(cfg));
     let worker = format!("{}:{}", hostname(), std::process::id());
@@ -104,6 +106,7 @@ pub async fn run(
         let state = AckState {
             store: store.clone(),
             clock: Arc::clone(&clock),
+            sms_hooks,
         };
         tokio::spawn(ack::serve(listener, state, async move {
             let _ = rx.wait_for(|s| *s).await;

@@ -21,6 +21,7 @@ use crate::domain::contacts::Roster;
 use crate::domain::plan::Plan;
 use crate::domain::schedule::Schedule;
 use crate::engine::Engine;
+use crate::hooks::SmsHooks;
 use crate::sinks::{self, ReceivedMail, ReceivedSms, ReceivedWebhook, Recorder, TwilioFake};
 use crate::store::Store;
 
@@ -109,11 +110,6 @@ pub async fn run(
     ));
     let ack_listener = bind().await?;
     let ack_addr = ack_listener.local_addr()?;
-    let state = AckState {
-        store: store.clone(),
-        clock: Arc::clone(&clock),
-    };
-    tokio::spawn(ack::serve(ack_listener, state, stopped()));
 
     // Webhooks go to the loopback receiver, whatever URL the roster names.
     let mut roster = roster.clone();
@@ -165,6 +161,12 @@ pub async fn run(
                 "simulated-token".to_owned(),
             )]),
     );
+    let state = AckState {
+        store: store.clone(),
+        clock: Arc::clone(&clock),
+        sms_hooks: SmsHooks::from_config(&cfg, &secrets),
+    };
+    tokio::spawn(ack::serve(ack_listener, state, stopped()));
 
     let now = clock.now();
     crate::engine::load_exercise(store, &roster, schedule, plan, now).await?;

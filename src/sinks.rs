@@ -1259,6 +1259,77 @@ async fn twilio_create_message(
     (StatusCode::CREATED, Json(response)).into_response()
 }
 
+impl ReceivedSms {
+    /// The form Twilio posts to the message's `StatusCallback` when it
+    /// reaches `status` (`queued`, `sent`, `delivered`, `undelivered`,
+    /// `failed`…); failures carry an `ErrorCode` such as 30003.
+    pub fn status_params(&self, status: &str, error_code: Option<u32>) -> Vec<(String, String)> {
+        let mut params: Vec<(String, String)> = [
+            ("AccountSid", self.account_sid.as_str()),
+            ("ApiVersion", "2010-04-01"),
+            ("From", self.from.as_str()),
+            ("MessageSid", self.sid.as_str()),
+            ("MessageStatus", status),
+            ("SmsSid", self.sid.as_str()),
+            ("SmsStatus", status),
+            ("To", self.to.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        if let Some(code) = error_code {
+            params.push(("ErrorCode".to_owned(), code.to_string()));
+        }
+        params
+    }
+}
+
+/// Why the fake could not call back.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    #[error("message {0} was sent without a StatusCallback URL")]
+    NoCallbackUrl(String),
+    #[error("status callback failed: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// Posts `params` form-encoded to `url` the way Twilio posts its webhooks:
+/// with the `X-Twilio-Signature` it computes from `auth_token`, the URL and
+/// the parameters.
+pub async fn post_signed_by_twilio(
+    http: &reqwest::Client,
+    url: &str,
+    auth_token: &str,
+    params: &[(String, String)],
+) -> reqwest::Result<reqwest::Response> {
+    let signature = crate::twilio_signature::sign(auth_token, url, params);
+    http.post(url)
+        .header(crate::twilio_signature::HEADER, signature)
+        .header(header::USER_AGENT, "TwilioProxy/1.1")
+        .form(params)
+        .send()
+        .await
+}
+
+/// Has the fake call back the `StatusCallback` URL `sms` was sent with, as
+/// Twilio does when the message reaches `status`, signed with `auth_token`.
+/// Returns the HTTP status the callback was answered with.
+pub async fn twilio_status_callback(
+    http: &reqwest::Client,
+    auth_token: &str,
+    sms: &ReceivedSms,
+    status: &str,
+    error_code: Option<u32>,
+) -> Result<StatusCode, CallbackError> {
+    let Some(url) = sms.status_callback.as_deref() else {
+        return Err(CallbackError::NoCallbackUrl(sms.sid.clone()));
+    };
+    let params = sms.status_params(status, error_code);
+    let response = post_signed_by_twilio(http, url, auth_token, &params).await?;
+    // reqwest and axum share the `http` crate, so the status carries over.
+    Ok(response.status())
+}
+
 /// The GSM 03.38 default alphabet, without the escape code.
 const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?\
                           ¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use hmac::{KeyInit, Mac};
-mod email;
+pub mod email;
 mod http_json;
 pub mod route;
 mod sms;

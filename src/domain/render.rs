@@ -155,6 +155,67 @@ impl Alert<'_> {
     }
 }
 
+/// The HTML alternative of an email body: the same text, paragraph for
+/// paragraph, so the marker still opens and closes it and the code and the
+/// confirm link are in it. Everything is escaped (titles and department names
+/// come from operator files); only `http://` and `https://` links become
+/// anchors, so nothing in the text can smuggle in markup or a `javascript:` URL.
+pub fn email_html(text: &str) -> String {
+    let mut html =
+        String::from("<!DOCTYPE html>\n<html>\n<head><meta charset=\"utf-8\"></head>\n<body>\n");
+    let paragraphs = text.split("\n\n").map(str::trim).filter(|p| !p.is_empty());
+    for paragraph in paragraphs {
+        html.push_str("<p>");
+        for (i, line) in paragraph.lines().enumerate() {
+            if i > 0 {
+                html.push_str("<br>\n");
+            }
+            push_linked(&mut html, line.trim());
+        }
+        html.push_str("</p>\n");
+    }
+    html.push_str("</body>\n</html>\n");
+    html
+}
+
+/// Appends `line` escaped, with its web links as anchors.
+fn push_linked(html: &mut String, line: &str) {
+    let mut rest = line;
+    while let Some(start) = ["https://", "http://"]
+        .iter()
+        .filter_map(|scheme| rest.find(scheme))
+        .min()
+    {
+        let (before, from_link) = rest.split_at(start);
+        push_escaped(html, before);
+        let end = from_link
+            .find(char::is_whitespace)
+            .unwrap_or(from_link.len());
+        // Sentence punctuation after a link is not part of it.
+        let link = from_link[..end].trim_end_matches(['.', ',', ';', ':', '!', '?', ')']);
+        html.push_str("<a href=\"");
+        push_escaped(html, link);
+        html.push_str("\">");
+        push_escaped(html, link);
+        html.push_str("</a>");
+        rest = &from_link[link.len()..];
+    }
+    push_escaped(html, rest);
+}
+
+fn push_escaped(html: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '&' => html.push_str("&amp;"),
+            '<' => html.push_str("&lt;"),
+            '>' => html.push_str("&gt;"),
+            '"' => html.push_str("&quot;"),
+            '\'' => html.push_str("&#39;"),
+            c => html.push(c),
+        }
+    }
+}
+
 /// Whether a text starts and ends with the marker.
 pub fn is_marked(text: &str, marker: &str) -> bool {
     let t = text.trim();
@@ -194,5 +255,82 @@ mod tests {
                 assert!(a.email_body().contains("http://x/a/t"));
             }
         }
+    }
+
+    /// The visible text of an HTML fragment: tags dropped, entities kept.
+    fn visible(html: &str) -> String {
+        let mut out = String::new();
+        let mut in_tag = false;
+        for c in html.chars() {
+            match c {
+                '<' => in_tag = true,
+                '>' => in_tag = false,
+                c if !in_tag => out.push(c),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_html_body_is_the_text_escaped_with_a_clickable_confirm_link() {
+        let marker = Marker {
+            en: "[EXERCISE]".into(),
+            zh: "[演習]".into(),
+        };
+        for lang in [Lang::En, Lang::Zh] {
+            let a = Alert {
+                marker: &marker,
+                lang,
+                exercise_title: "<script>alert(\"x\")</script> & co",
+                round: "R01",
+                department: "DPO",
+                code: "7KQ4M",
+                ack_url: "https://drill.example/a/t0k?x=1&y=2",
+                deadline_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+                tz: chrono_tz::Asia::Hong_Kong,
+                sms_two_way: true,
+            };
+            let html = email_html(&a.email_body());
+            let body = html
+                .split_once("<body>")
+                .and_then(|(_, b)| b.split_once("</body>"))
+                .map(|(b, _)| b)
+                .unwrap();
+            assert!(is_marked(&visible(body), a.marker()), "{html}");
+            assert!(html.contains("7KQ4M"));
+            assert!(
+                html.contains(
+                    "<a href=\"https://drill.example/a/t0k?x=1&amp;y=2\">https://drill.example/a/t0k?x=1&amp;y=2</a>"
+                ),
+                "{html}"
+            );
+            assert!(!html.contains("<script>"), "{html}");
+            assert!(html.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; co"));
+        }
+        let zh = Alert {
+            marker: &marker,
+            lang: Lang::Zh,
+            exercise_title: "颱風演習",
+            round: "R01",
+            department: "DPO",
+            code: "7KQ4M",
+            ack_url: "https://drill.example/a/t",
+            deadline_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            tz: chrono_tz::Asia::Hong_Kong,
+            sms_two_way: true,
+        };
+        assert!(email_html(&zh.email_body()).contains("這是演習：颱風演習。"));
+    }
+
+    #[test]
+    fn only_web_links_become_anchors_and_trailing_punctuation_stays_outside() {
+        assert_eq!(
+            email_html("see https://x.example/a. or javascript:alert(1)"),
+            "<!DOCTYPE html>\n<html>\n<head><meta charset=\"utf-8\"></head>\n<body>\n\
+             <p>see <a href=\"https://x.example/a\">https://x.example/a</a>. or javascript:alert(1)</p>\n\
+             </body>\n</html>\n"
+        );
+        assert!(email_html("a\nb\n\nc").contains("<p>a<br>\nb</p>\n<p>c</p>"));
     }
 }

@@ -37,6 +37,7 @@ impl WritePool for PgPool {
 
 mod exercises;
 mod messages;
+mod receipts;
 mod rows;
 
 use std::str::FromStr;
@@ -50,6 +51,9 @@ use sqlx::sqlite::{
 
 pub use exercises::LoadResult;
 pub use messages::Clockwork;
+pub use receipts::{
+    DeliveryReport, MessageDelivery, NewReceipt, RECEIPT_CHANNEL, ReceiptEffect, ReceiptRow,
+};
 pub use rows::*;
 
 use crate::domain::codes::sha256_hex;
