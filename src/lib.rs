@@ -36,8 +36,3 @@ pub mod sinks;
 pub mod store;
 pub mod twilio_signature;
 pub mod yaml;
-
-#[cfg(all(feature = "test-clock", not(debug_assertions)))]
-compile_error!(
-    "the `test-clock` feature lets anyone set the clock: it is for tests, never release builds"
-);
