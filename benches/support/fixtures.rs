@@ -1,0 +1,137 @@
+//! Rosters and schedules built in code, so a bench measures planning and
+//! firing rather than YAML loading.
+
+use chrono::{DateTime, NaiveDate, NaiveTime, TimeDelta, Utc};
+use rollcall::domain::calendar::OfficeHours;
+use rollcall::domain::contacts::{Contact, Department, Role, Roster};
+use rollcall::domain::schedule::{
+    AckPolicy, CalendarSpec, HolidaySource, Marker, Notice, RoundSpec, Schedule, Step, Targets,
+};
+use rollcall::domain::{ChannelKind, ContactId, DepartmentCode, EmailAddress, Lang, PhoneE164};
+
+/// The three roles a department is reached through.
+const ROLES: [Role; 3] = [Role::Primary, Role::Alternate, Role::Duty];
+
+/// `departments` departments (`D001`, `D002`, ...) of three contacts each
+/// (primary, alternate, duty), each with a mobile number and an email
+/// address and no webhook. Every `own_hours_every`-th department keeps its
+/// own office hours, 07:00–23:00 every day, as a 7-day service would, so
+/// planning has exclusions to work out.
+pub fn roster(departments: usize, own_hours_every: Option<usize>) -> Roster {
+    let seven = NaiveTime::from_hms_opt(7, 0, 0).expect("valid time");
+    let eleven = NaiveTime::from_hms_opt(23, 0, 0).expect("valid time");
+    let seven_day = OfficeHours {
+        days: std::array::from_fn(|_| vec![(seven, eleven)]),
+    };
+    let mut serial = 0u32;
+    let departments = (1..=departments)
+        .map(|n| {
+            let code = DepartmentCode::parse(&format!("D{n:03}")).expect("valid code");
+            let lower = code.as_str().to_lowercase();
+            let contacts = ROLES
+                .iter()
+                .map(|&role| {
+                    serial += 1;
+                    let id = format!("{lower}-{}", role.as_str());
+                    Contact {
+                        id: ContactId::parse(&id).expect("valid id"),
+                        department: code.clone(),
+                        name: format!("{} {}", code, role.as_str()),
+                        post: None,
+                        role,
+                        // 9123 xxxx is a Hong Kong mobile range.
+                        sms: Some(
+                            PhoneE164::parse(&format!("+852 9123 {serial:04}"))
+                                .expect("valid mobile"),
+                        ),
+                        email: Some(
+                            EmailAddress::parse(&format!("{id}@{lower}.example"))
+                                .expect("valid email"),
+                        ),
+                        webhook: None,
+                        lang: Lang::En,
+                        last_verified: None,
+                    }
+                })
+                .collect();
+            Department {
+                office_hours: own_hours_every
+                    .filter(|every| n % every == 0)
+                    .map(|_| seven_day.clone()),
+                file: format!("{lower}.yaml"),
+                name_en: format!("Department {n}"),
+                name_zh: None,
+                code,
+                contacts,
+            }
+        })
+        .collect();
+    Roster { departments }
+}
+
+/// Midnight Hong Kong time (UTC+8, no daylight saving) of a date, in UTC.
+pub fn hk_midnight(date: NaiveDate) -> DateTime<Utc> {
+    date.and_time(NaiveTime::MIN).and_utc() - TimeDelta::hours(8)
+}
+
+/// A Hong Kong schedule over `days` days from `start` (local midnight), with
+/// the shipped holidays (years they do not cover allowed), Mon–Fri
+/// 09:00–18:00 office hours, every department targeted, a 30-minute target,
+/// 60-minute deadline, 1-minute settle, and two escalation steps (primary at
+/// once, alternate and duty after 15 minutes) by SMS and email.
+pub fn schedule(id: &str, start: NaiveDate, days: i64, rounds: Vec<RoundSpec>) -> Schedule {
+    let window_start = hk_midnight(start);
+    Schedule {
+        id: id.to_owned(),
+        title: format!("Benchmark exercise {id}"),
+        scenario: None,
+        objectives: Vec::new(),
+        sponsor: None,
+        handling: None,
+        timezone: "Asia/Hong_Kong".to_owned(),
+        window_start,
+        window_end: window_start + TimeDelta::days(days) - TimeDelta::minutes(1),
+        notice: Notice::Partial,
+        marker: Marker {
+            en: "[EXERCISE]".to_owned(),
+            zh: "[演習]".to_owned(),
+        },
+        control: Vec::new(),
+        targets: Targets::All,
+        calendar: CalendarSpec {
+            office_hours: OfficeHours::default(),
+            holidays: HolidaySource::Hk,
+            allow_uncovered: true,
+        },
+        rounds,
+        ack: AckPolicy {
+            target_secs: 30 * 60,
+            deadline_secs: 60 * 60,
+            settle_secs: 60,
+        },
+        escalation: vec![
+            Step {
+                after_secs: 0,
+                notify: vec![Role::Primary],
+                via: vec![ChannelKind::Sms, ChannelKind::Email],
+            },
+            Step {
+                after_secs: 15 * 60,
+                notify: vec![Role::Alternate, Role::Duty],
+                via: vec![ChannelKind::Sms, ChannelKind::Email],
+            },
+        ],
+        round_pos: Vec::new(),
+    }
+}
+
+/// One `random` block of `count` rounds over `buckets`, at least
+/// `min_gap_secs` apart.
+pub fn random_block(count: u32, buckets: &[&str], min_gap_secs: i64, seed: u64) -> RoundSpec {
+    RoundSpec::Random {
+        count,
+        buckets: buckets.iter().map(|b| (*b).to_owned()).collect(),
+        min_gap_secs,
+        seed,
+    }
+}
