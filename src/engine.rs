@@ -2,7 +2,6 @@
 //! steps, finalisation. `tick` is public so tests drive it with a manual
 //! clock; the daemon calls it in a thin loop.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -64,6 +63,9 @@ pub struct Engine {
     clock: SharedClock,
     settings: EngineSettings,
     rng: Mutex<ChaCha8Rng>,
+    /// Roster versions never change once stored: each is read (and its
+    /// addresses re-validated) once per engine, not once per fan-out.
+    rosters: Mutex<HashMap<i64, Arc<Roster>>>,
 }
 
 impl Engine {
@@ -75,6 +77,7 @@ impl Engine {
             clock,
             settings,
             rng: Mutex::new(ChaCha8Rng::from_seed(seed)),
+            rosters: Mutex::default(),
         }
     }
 
@@ -90,6 +93,7 @@ impl Engine {
             clock,
             settings,
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+            rosters: Mutex::default(),
         }
     }
 
@@ -99,6 +103,24 @@ impl Engine {
 
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    async fn roster(&self, version: i64) -> Result<Arc<Roster>, EngineError> {
+        let cached = self
+            .rosters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&version)
+            .cloned();
+        if let Some(r) = cached {
+            return Ok(r);
+        }
+        let roster = Arc::new(self.store.roster(version).await?);
+        self.rosters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(version, Arc::clone(&roster));
+        Ok(roster)
     }
 
     async fn schedule_of(&self, exercise: &str) -> Result<Schedule, EngineError> {
@@ -212,7 +234,7 @@ impl Engine {
                 "roster (run `rollcall contacts load`)".into(),
             ))
         })?;
-        let roster = self.store.roster(version).await?;
+        let roster = self.roster(version).await?;
         let targets = self.targets(&schedule, &roster, departments, &round.label)?;
         let now = self.now();
         let clock = clockwork(&schedule, now);
@@ -469,7 +491,6 @@ impl Engine {
     async fn escalate(&self) -> Result<usize, EngineError> {
         let now = self.now();
         let mut sent = 0;
-        let mut rosters: HashMap<i64, Roster> = HashMap::new();
         for (n, schedule) in self.unacked().await? {
             let schedule = schedule.as_ref();
             let fired_at = from_ms(n.fired_at);
@@ -479,12 +500,7 @@ impl Engine {
                 if due > now {
                     break;
                 }
-                if let Entry::Vacant(slot) = rosters.entry(n.roster_version) {
-                    slot.insert(self.store.roster(n.roster_version).await?);
-                }
-                let Some(roster) = rosters.get(&n.roster_version) else {
-                    break;
-                };
+                let roster = self.roster(n.roster_version).await?;
                 let Some(dept) = roster.department(&n.department) else {
                     break;
                 };
