@@ -16,7 +16,6 @@ use rollcall::channel::Channels;
 use rollcall::clock::{Clock, ManualClock, SharedClock};
 use rollcall::config::{Config, ProviderKind, Rate, Secrets, SmsProvider};
 use rollcall::dispatch::{Dispatcher, RetryPolicy};
-use rollcall::domain::plan;
 use rollcall::engine::Engine;
 use rollcall::store::Store;
 
@@ -136,20 +135,7 @@ async fn night(providers: Vec<SmsProvider>, retry: RetryPolicy, everyone: bool) 
     } else {
         support::root().join("schedules/smoke.yaml")
     };
-    let (roster, schedule, plan) = plan::load_and_plan(
-        &support::root().join("contacts"),
-        &schedule_file,
-        clock.now(),
-        true,
-    )
-    .unwrap();
-    rollcall::engine::load_exercise(&store, &roster, &schedule, &plan, clock.now())
-        .await
-        .unwrap();
-    store
-        .set_exercise_state("smoke", &["loaded"], "running", clock.now(), None)
-        .await
-        .unwrap();
+    support::start_exercise(&store, &schedule_file, clock.now()).await;
     let cfg = Config {
         sms_from: Some("+85251234567".into()),
         sms_providers: providers,

@@ -19,7 +19,6 @@ use rollcall::clock::{ManualClock, SharedClock};
 use rollcall::config::{Config, ProviderKind, Secrets, SmsProvider};
 use rollcall::dispatch::Dispatcher;
 use rollcall::domain::contacts::Roster;
-use rollcall::domain::plan;
 use rollcall::engine::Engine;
 use rollcall::hooks::{FAILED_AUTH_LIMIT, FAILED_AUTH_WINDOW, SmsHooks};
 use rollcall::sinks::{self, ReceivedSms, ReceivedWebhook, Recorder, TwilioFake};
@@ -69,22 +68,8 @@ async fn drill_on(store: Store, dir: tempfile::TempDir) -> Drill {
     let start = t0() - TimeDelta::hours(1);
     let clock = ManualClock::new(start);
     let shared: SharedClock = clock.clone();
-    let (roster, schedule, plan) = plan::load_and_plan(
-        &support::root().join("contacts"),
-        &support::root().join("schedules/smoke.yaml"),
-        start,
-        true,
-    )
-    .expect("the smoke schedule plans");
-    rollcall::engine::load_exercise(&store, &roster, &schedule, &plan, start)
-        .await
-        .unwrap();
-    assert!(
-        store
-            .set_exercise_state(EX, &["loaded"], "running", start, Some("test"))
-            .await
-            .unwrap()
-    );
+    let (roster, _) =
+        support::start_exercise(&store, &support::root().join("schedules/smoke.yaml"), start).await;
 
     let sms = Recorder::new();
     let sms_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

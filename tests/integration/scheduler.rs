@@ -11,7 +11,7 @@ use rollcall::channel::Channels;
 use rollcall::clock::{Clock, ManualClock, SharedClock};
 use rollcall::config::{Config, Secrets};
 use rollcall::dispatch::Dispatcher;
-use rollcall::domain::plan::{self, Plan};
+use rollcall::domain::plan::Plan;
 use rollcall::engine::Engine;
 use rollcall::store::{Store, from_ms};
 
@@ -40,22 +40,12 @@ async fn nine_day_drill() -> Drill {
         .to_utc();
     let clock = ManualClock::new(start);
     let shared: SharedClock = clock.clone();
-    let (roster, schedule, plan) = plan::load_and_plan(
-        &support::root().join("contacts"),
+    let (_, plan) = support::start_exercise(
+        &store,
         &support::root().join("schedules/nine-day-drill.yaml"),
         start,
-        true,
     )
-    .expect("the sample plans without errors");
-    rollcall::engine::load_exercise(&store, &roster, &schedule, &plan, start)
-        .await
-        .unwrap();
-    assert!(
-        store
-            .set_exercise_state(EX, &["loaded"], "running", start, Some("test"))
-            .await
-            .unwrap()
-    );
+    .await;
     let cfg = Config::default();
     let engine = Engine::new(
         store.clone(),

@@ -71,3 +71,30 @@ pub async fn fresh_postgres(base: &str, name: &str) -> String {
     url.set_path(&format!("/{db}"));
     url.to_string()
 }
+
+/// Loads `schedule` over the sample `contacts/` into `store` and starts it
+/// at `at`, as `exercise load` and `exercise start` do; returns the roster
+/// and the plan.
+pub async fn start_exercise(
+    store: &rollcall::store::Store,
+    schedule: &std::path::Path,
+    at: chrono::DateTime<chrono::Utc>,
+) -> (
+    rollcall::domain::contacts::Roster,
+    rollcall::domain::plan::Plan,
+) {
+    let (roster, schedule, plan) =
+        rollcall::domain::plan::load_and_plan(&root().join("contacts"), schedule, at, true)
+            .expect("the schedule loads and plans");
+    rollcall::engine::load_exercise(store, &roster, &schedule, &plan, at)
+        .await
+        .expect("exercise load");
+    assert!(
+        store
+            .set_exercise_state(&schedule.id, &["loaded"], "running", at, Some("test"))
+            .await
+            .expect("exercise start"),
+        "the exercise starts"
+    );
+    (roster, plan)
+}
