@@ -2,7 +2,8 @@
 //! message, its body a minijinja template whose values are JSON-encoded
 //! with `tojson`, headers read from the environment.
 
-use super::redact_url;
+use super::route::Reply;
+use super::{http_status_is_permanent, redact_url};
 use crate::store::SendResult;
 
 pub(super) struct HttpJsonChannel {
@@ -53,7 +54,7 @@ impl HttpJsonChannel {
         message_id: i64,
         to: &str,
         text: &str,
-    ) -> SendResult {
+    ) -> Reply {
         let provider = self.name.clone();
         let body = match self.render(message_id, to, text) {
             Ok(b) => b,
@@ -62,7 +63,8 @@ impl HttpJsonChannel {
                     provider,
                     permanent: true,
                     error,
-                };
+                }
+                .into();
             }
         };
         let mut req = http
@@ -87,21 +89,25 @@ impl HttpJsonChannel {
                     provider,
                     provider_ref: Some(reference),
                 }
+                .into()
             }
             Ok(r) => {
                 let status = r.status();
-                let permanent = status.is_client_error() && !matches!(status.as_u16(), 408 | 429);
-                SendResult::Failed {
-                    provider,
-                    permanent,
-                    error: format!("HTTP {status}"),
+                Reply {
+                    result: SendResult::Failed {
+                        provider,
+                        permanent: http_status_is_permanent(status),
+                        error: format!("HTTP {status}"),
+                    },
+                    rate_limited: status == reqwest::StatusCode::TOO_MANY_REQUESTS,
                 }
             }
             Err(e) => SendResult::Failed {
                 provider,
                 permanent: false,
                 error: redact_url(&e.to_string()),
-            },
+            }
+            .into(),
         }
     }
 }

@@ -212,8 +212,7 @@ impl Channels {
             },
             Ok(resp) => {
                 let status = resp.status();
-                let permanent =
-                    status.is_client_error() && status.as_u16() != 429 && status.as_u16() != 408;
+                let permanent = http_status_is_permanent(status);
                 SendResult::Failed {
                     provider,
                     permanent,
@@ -227,6 +226,12 @@ impl Channels {
             },
         }
     }
+}
+
+/// Whether an HTTP answer means "this message can never go": a client error
+/// other than a timeout (408) or rate limiting (429), which pass with time.
+pub(super) fn http_status_is_permanent(status: reqwest::StatusCode) -> bool {
+    status.is_client_error() && !matches!(status.as_u16(), 408 | 429)
 }
 
 pub(super) fn redact_url(s: &str) -> String {

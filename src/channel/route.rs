@@ -15,6 +15,22 @@ pub const BREAKER_THRESHOLD: u32 = 3;
 /// How long an open provider is left alone before one message probes it.
 pub const BREAKER_COOLDOWN: TimeDelta = TimeDelta::seconds(60);
 
+/// What a provider answered, with whether it asked us to slow down (which
+/// backs off without counting against its breaker).
+pub(super) struct Reply {
+    pub(super) result: SendResult,
+    pub(super) rate_limited: bool,
+}
+
+impl From<SendResult> for Reply {
+    fn from(result: SendResult) -> Self {
+        Reply {
+            result,
+            rate_limited: false,
+        }
+    }
+}
+
 pub(super) enum ProviderChannel {
     Twilio(TwilioChannel),
     HttpJson(HttpJsonChannel),
@@ -171,7 +187,10 @@ impl SmsRoute {
             {
                 return SendResult::Deferred { until };
             }
-            let result = match &p.channel {
+            let Reply {
+                result,
+                rate_limited,
+            } = match &p.channel {
                 ProviderChannel::Twilio(t) => t.send(http, to, text, deadline_at, now).await,
                 ProviderChannel::HttpJson(h) => h.send(http, message_id, to, text).await,
             };
@@ -181,7 +200,7 @@ impl SmsRoute {
                     permanent: false,
                     error,
                     ..
-                } if !error.starts_with("HTTP 429") => {
+                } if !rate_limited => {
                     let (opened_now, open) = {
                         let mut b = lock(&p.breaker);
                         b.failures += 1;

@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, Utc};
 
-use super::redact_url;
+use super::route::Reply;
+use super::{http_status_is_permanent, redact_url};
 use crate::store::SendResult;
 
 pub(super) struct TwilioChannel {
@@ -22,14 +23,15 @@ impl TwilioChannel {
         text: &str,
         deadline_at: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> SendResult {
+    ) -> Reply {
         let provider = self.name.clone();
         let (Some(token), Some(from)) = (&self.auth_token, &self.from) else {
             return SendResult::Failed {
                 provider,
                 permanent: true,
                 error: "twilio auth token or sender `from` not set".into(),
-            };
+            }
+            .into();
         };
         // Twilio drops a queued SMS once its validity runs out: a stale alert
         // is never delivered after the deadline.
@@ -62,6 +64,7 @@ impl TwilioChannel {
                     provider,
                     provider_ref: sid,
                 }
+                .into()
             }
             Ok(r) => {
                 let status = r.status();
@@ -69,12 +72,11 @@ impl TwilioChannel {
                 let code = body.get("code").and_then(serde_json::Value::as_i64);
                 let permanent = match code {
                     Some(21211 | 21614 | 21610 | 21408 | 21612) => true,
-                    _ => {
-                        status.is_client_error() && status.as_u16() != 429 && status.as_u16() != 401
-                    }
+                    // A refused credential is fixed by an operator, then retried.
+                    _ => status.as_u16() != 401 && http_status_is_permanent(status),
                 };
                 let message = body.get("message").and_then(|m| m.as_str()).unwrap_or("");
-                SendResult::Failed {
+                let failed = SendResult::Failed {
                     provider,
                     permanent,
                     error: format!(
@@ -86,13 +88,18 @@ impl TwilioChannel {
                             format!(": {message}")
                         }
                     ),
+                };
+                Reply {
+                    result: failed,
+                    rate_limited: status == reqwest::StatusCode::TOO_MANY_REQUESTS,
                 }
             }
             Err(e) => SendResult::Failed {
                 provider,
                 permanent: false,
                 error: redact_url(&e.to_string()),
-            },
+            }
+            .into(),
         }
     }
 }
