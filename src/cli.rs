@@ -548,11 +548,11 @@ async fn exercise(
                     }
                 }
                 _ if plan.rounds.iter().any(|r| r.at < now) => {
-                    // Not started yet: rounds in the past are errors, at their lines.
-                    let problems = plan::load_and_plan(&cfg.contacts, file, now, true)
-                        .err()
-                        .unwrap_or_default();
-                    return Err(print_problems_and_fail(problems));
+                    // Not started yet: rounds in the past are errors, at their
+                    // lines. The files are already read: only the rule is re-run.
+                    let mut problems = Problems::default();
+                    plan::plan_schedule(&schedule, file, Some(&roster), now, true, &mut problems);
+                    return Err(print_problems_and_fail(errors_only(problems)));
                 }
                 _ => {}
             }
