@@ -8,14 +8,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::DateTime;
+use chrono::{DateTime, TimeDelta};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rollcall::channel::Channels;
 use rollcall::channel::email::{EmailChannel, email_channel, parse_message_id};
+use rollcall::clock::{Clock as _, ManualClock, SharedClock};
 use rollcall::config::{Config, Secrets, Smtp, Tls};
+use rollcall::dispatch::{Dispatcher, RetryPolicy};
 use rollcall::domain::render::{Alert, is_marked};
 use rollcall::domain::schedule::Marker;
 use rollcall::domain::{EmailAddress, Lang};
-use rollcall::store::SendResult;
+use rollcall::engine::Engine;
+use rollcall::store::{SendResult, Store};
 
 use crate::support::smtp_server::{Aiosmtpd, ServerTls, SmtpOptions, StoredMail};
 
@@ -526,4 +530,152 @@ async fn a_connection_the_server_closed_is_replaced_and_nothing_is_lost() {
     assert_eq!(mails.len(), 3, "each email delivered once");
     assert_eq!(server.connections(), 3);
     assert_eq!(ch.connection_stats().opened, 3);
+}
+
+/// The smoke drill's first round fired on a manual clock with only email
+/// configured, against a relay with STARTTLS and AUTH on `port`.
+struct MailNight {
+    store: Store,
+    clock: Arc<ManualClock>,
+    dispatcher: Dispatcher,
+    _dir: tempfile::TempDir,
+}
+
+impl MailNight {
+    async fn fire(pki: &TestPki, port: u16) -> MailNight {
+        rollcall::channel::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("m.db").display()))
+            .await
+            .expect("store");
+        let t0 = DateTime::parse_from_rfc3339("2027-02-27T14:00:00Z")
+            .expect("t0")
+            .to_utc();
+        let clock = ManualClock::new(t0 - TimeDelta::hours(1));
+        let shared: SharedClock = clock.clone();
+        crate::support::start_exercise(
+            &store,
+            &crate::support::root().join("schedules/smoke.yaml"),
+            clock.now(),
+        )
+        .await;
+        let cfg = Config {
+            email_from: "Exercise Control <drill@cstcb.example>".into(),
+            email_reply_to: Some(EmailAddress::parse("acks@cstcb.example").expect("reply-to")),
+            smtp: Some(Smtp {
+                host: "localhost".into(),
+                port,
+                tls: Tls::Starttls,
+                username: Some(LOGIN.0.into()),
+                password_env: Some(PASSWORD_ENV.into()),
+                ca_file: Some(pki.ca.clone()),
+                pool: 4,
+            }),
+            ..Config::default()
+        };
+        let secrets = Secrets::supplied([(PASSWORD_ENV.to_owned(), LOGIN.1.to_owned())]);
+        let channels = Arc::new(Channels::from_config(&cfg, secrets).expect("channels"));
+        let engine = Engine::new(
+            store.clone(),
+            Arc::clone(&shared),
+            rollcall::daemon::engine_settings(&cfg),
+        );
+        let retry = RetryPolicy {
+            attempts: 8,
+            backoff: TimeDelta::seconds(5),
+            max_backoff: TimeDelta::minutes(1),
+        };
+        let dispatcher = Dispatcher::new(store.clone(), shared, channels, retry, "mail".into());
+        clock.set(t0);
+        engine.tick().await.expect("the round fires");
+        MailNight {
+            store,
+            clock,
+            dispatcher,
+            _dir: dir,
+        }
+    }
+
+    /// (id, state, attempts) of every email in the outbox.
+    async fn emails(&self) -> Vec<(i64, String, i64)> {
+        let Store::Sqlite(pool) = &self.store else {
+            unreachable!("the night runs on SQLite")
+        };
+        sqlx::query_as(
+            "SELECT id, state, attempts FROM messages WHERE channel = 'email' ORDER BY id",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("read the outbox")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_down_when_the_round_fires_and_back_30s_later_delivers_every_email_once() {
+    let pki = TestPki::new("down-and-back");
+    let options = |port| SmtpOptions {
+        tls: pki.starttls(),
+        login: Some((LOGIN.0.into(), LOGIN.1.into())),
+        port,
+        ..SmtpOptions::default()
+    };
+    // Learn a port the relay can have, then take the relay down.
+    let Some(first) = Aiosmtpd::start_with(&options(None)) else {
+        return;
+    };
+    let port = first.port;
+    drop(first);
+
+    let night = MailNight::fire(&pki, port).await;
+    let t0 = night.clock.now();
+    let back_at = t0 + TimeDelta::seconds(30);
+    let mut relay = None;
+    let mut refused_attempts = 0;
+    for _ in 0..1_000 {
+        if relay.is_none() && night.clock.now() >= back_at {
+            relay = Some(Aiosmtpd::start_with(&options(Some(port))).expect("the relay comes back"));
+        }
+        night.dispatcher.dispatch_pending().await.expect("dispatch");
+        if relay.is_none() {
+            refused_attempts = night.emails().await.iter().map(|e| e.2).sum::<i64>();
+        }
+        match night.store.next_message_due().await.expect("next due") {
+            Some(t) => night.clock.set(t.max(night.clock.now())),
+            None => break,
+        }
+    }
+    let relay = relay.expect("the outbox still had work when the relay came back");
+
+    let emails = night.emails().await;
+    assert!(
+        emails.len() >= 3,
+        "the round mails every primary: {emails:?}"
+    );
+    assert!(
+        refused_attempts >= emails.len() as i64,
+        "every email was tried while the relay was down ({refused_attempts} attempts)"
+    );
+    for (id, state, attempts) in &emails {
+        assert_eq!(state, "accepted", "email {id}");
+        assert!(
+            *attempts >= 2,
+            "email {id} went out on a retry, not the first try"
+        );
+    }
+    // Exactly once: one mail per outbox row, each row's Message-ID once.
+    let mails = relay.wait_for(emails.len(), PATIENCE);
+    let mut ids: Vec<i64> = mails
+        .iter()
+        .map(|m| {
+            parse_message_id(m.header("Message-ID").expect("a Message-ID"))
+                .expect("a rollcall Message-ID")
+        })
+        .collect();
+    ids.sort_unstable();
+    let rows: Vec<i64> = emails.iter().map(|e| e.0).collect();
+    assert_eq!(ids, rows, "each email delivered exactly once");
+    // Nothing is left to send: a later pass delivers nothing more.
+    night.clock.set(t0 + TimeDelta::minutes(10));
+    night.dispatcher.dispatch_pending().await.expect("dispatch");
+    assert_eq!(relay.messages().len(), rows.len());
 }

@@ -4,9 +4,9 @@
 //! The server is a small script ([`SERVER_PY`]) on aiosmtpd's `SMTP` class,
 //! run as `python server.py --state <dir> ...`, where `python` is
 //! `$ROLLCALL_TEST_PYTHON` or `python3` (`pip install -r tests/requirements.txt`
-//! installs aiosmtpd). It binds port 0 and writes the port it got to
-//! `<dir>/ready`, so start-up never races another process for a port and
-//! never sleeps. [`SmtpOptions`] turn on STARTTLS or implicit TLS (SMTPS) with
+//! installs aiosmtpd). It binds port 0 (or the port asked for, to come back
+//! where a stopped server was) and writes the port it got to `<dir>/ready`,
+//! so start-up never races another process for a port and never sleeps. [`SmtpOptions`] turn on STARTTLS or implicit TLS (SMTPS) with
 //! a given certificate, AUTH (PLAIN and LOGIN) for one login, required for
 //! every message, and a server that hangs up after each message.
 //!
@@ -59,6 +59,7 @@ p.add_argument("--key")
 p.add_argument("--user")
 p.add_argument("--password")
 p.add_argument("--close-after-message", action="store_true")
+p.add_argument("--port", type=int, default=0)
 a = p.parse_args()
 
 def note(name, line):
@@ -116,7 +117,7 @@ def factory():
 async def main():
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        factory, "127.0.0.1", 0, ssl=context if a.tls == "implicit" else None
+        factory, "127.0.0.1", a.port, ssl=context if a.tls == "implicit" else None
     )
     port = server.sockets[0].getsockname()[1]
     ready = os.path.join(a.state, "ready")
@@ -137,6 +138,9 @@ pub struct SmtpOptions {
     /// Hang up right after accepting each message, as a server that drops
     /// idle sessions does.
     pub close_after_message: bool,
+    /// Listen on this port instead of one the system picks: a server
+    /// coming back where it was before.
+    pub port: Option<u16>,
 }
 
 /// TLS on the server side: a PEM certificate (chain) and its PEM key.
@@ -452,6 +456,9 @@ fn launch(python: &str, state: &Path, options: &SmtpOptions) -> (Child, u16) {
     }
     if options.close_after_message {
         command.arg("--close-after-message");
+    }
+    if let Some(port) = options.port {
+        command.arg("--port").arg(port.to_string());
     }
     let mut child = command
         .env("PYTHONUNBUFFERED", "1")
