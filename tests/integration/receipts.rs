@@ -683,3 +683,280 @@ async fn the_fake_calls_back_every_sms_and_finalisation_sees_who_was_reached_on_
     let d = drill_on(store, tempfile::tempdir().unwrap()).await;
     the_fake_calls_back_and_finalisation_sees_who_was_really_reached(d).await;
 }
+
+// ---- An http-json gateway's receipts, signed with Rollcall-Signature -------
+
+const GATEWAY: &str = "backup";
+const GATEWAY_SECRET: &str = "gateway-inbound-secret";
+
+/// The smoke drill's R01 sent through a generic `http-json` gateway on
+/// loopback, which answers each send with its own id `gw-<n>`.
+struct GatewayDrill {
+    store: Store,
+    clock: Arc<ManualClock>,
+    /// (to, gateway id) of every SMS the gateway took, in order.
+    taken: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    base: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn gateway_drill() -> GatewayDrill {
+    use axum::extract::State;
+    type Taken = Arc<std::sync::Mutex<Vec<(String, String)>>>;
+    async fn take(
+        State(taken): State<Taken>,
+        axum::Json(body): axum::Json<serde_json::Value>,
+    ) -> axum::Json<serde_json::Value> {
+        let mut taken = taken.lock().unwrap();
+        let id = format!("gw-{}", taken.len() + 1);
+        taken.push((
+            body["to"].as_str().unwrap_or_default().to_owned(),
+            id.clone(),
+        ));
+        axum::Json(serde_json::json!({ "id": id }))
+    }
+
+    rollcall::channel::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}", dir.path().join("gw.db").display()))
+        .await
+        .unwrap();
+    let start = t0() - TimeDelta::hours(1);
+    let clock = ManualClock::new(start);
+    let shared: SharedClock = clock.clone();
+    support::start_exercise(&store, &support::root().join("schedules/smoke.yaml"), start).await;
+
+    let taken: Taken = Arc::default();
+    let gw_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw_addr = gw_listener.local_addr().unwrap();
+    tokio::spawn(sinks::serve_router(
+        gw_listener,
+        axum::Router::new()
+            .route("/send", axum::routing::post(take))
+            .with_state(Arc::clone(&taken)),
+        std::future::pending(),
+    ));
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let cfg = Config {
+        public_url: base.clone(),
+        sms_from: Some("+85251234567".into()),
+        sms_providers: vec![SmsProvider {
+            name: GATEWAY.into(),
+            kind: ProviderKind::HttpJson {
+                url: format!("http://{gw_addr}/send"),
+                headers_env: Vec::new(),
+                body: r#"{"to": {{ to|tojson }}, "text": {{ text|tojson }}, "ref": {{ message_id|tojson }}}"#
+                    .into(),
+                inbound_secret_env: Some("RECEIPTS_GW_SECRET".into()),
+            },
+            rate: None,
+        }],
+        ..Config::default()
+    };
+    let secrets = Secrets::supplied([("RECEIPTS_GW_SECRET".to_owned(), GATEWAY_SECRET.to_owned())]);
+    let state = AckState {
+        store: store.clone(),
+        clock: Arc::clone(&shared),
+        sms_hooks: SmsHooks::from_config(&cfg, &secrets),
+    };
+    tokio::spawn(ack::serve(listener, state, std::future::pending()));
+    let engine = Engine::new(
+        store.clone(),
+        Arc::clone(&shared),
+        rollcall::daemon::engine_settings(&cfg),
+    );
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        Arc::clone(&shared),
+        Arc::new(Channels::from_config(&cfg, secrets).unwrap()),
+        rollcall::daemon::retry_policy(&cfg),
+        "gateway-receipts".into(),
+    );
+    clock.set(t0());
+    rollcall::daemon::step(&engine, &dispatcher).await.unwrap();
+    assert!(
+        taken.lock().unwrap().len() >= 3,
+        "R01 goes out through the gateway"
+    );
+    GatewayDrill {
+        store,
+        clock,
+        taken,
+        base,
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+impl GatewayDrill {
+    fn ids(&self) -> Vec<String> {
+        self.taken
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
+    async fn message(&self, gateway_id: &str) -> MessageDelivery {
+        self.store
+            .message_by_provider_ref(GATEWAY, gateway_id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("a message has provider_ref {gateway_id}"))
+    }
+
+    /// Posts `body` to the gateway's receipt route with `signature`.
+    async fn post(&self, body: &str, signature: Option<String>) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(format!("{}/hooks/sms/{GATEWAY}/status", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(sig) = signature {
+            req = req.header("Rollcall-Signature", sig);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// `Rollcall-Signature` for `body` at the drill clock's time (shifted).
+    fn sign(&self, secret: &str, shift: TimeDelta, body: &str) -> String {
+        use rollcall::clock::Clock as _;
+        let t = (self.clock.now() + shift).timestamp();
+        rollcall::channel::signature_header(secret.as_bytes(), t, body.as_bytes())
+    }
+}
+
+fn gateway_receipt(id: &str, status: &str, error_code: Option<&str>) -> String {
+    serde_json::json!({ "id": id, "status": status, "error_code": error_code }).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_receipts_signed_with_the_inbound_secret_move_messages_once() {
+    let d = gateway_drill().await;
+    let ids = d.ids();
+    let later = TimeDelta::seconds(40);
+    d.clock.set(t0() + later);
+
+    let delivered = gateway_receipt(&ids[0], "delivered", None);
+    let resp = d
+        .post(
+            &delivered,
+            Some(d.sign(GATEWAY_SECRET, TimeDelta::zero(), &delivered)),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let m = d.message(&ids[0]).await;
+    assert_eq!((m.state.as_str(), m.channel.as_str()), ("delivered", "sms"));
+    assert_eq!(
+        m.delivered_at(),
+        Some(t0() + later),
+        "the receipt's arrival time"
+    );
+
+    let undelivered = gateway_receipt(&ids[1], "undelivered", Some("30003"));
+    // A timestamp a little behind the clock is within tolerance.
+    let sig = d.sign(GATEWAY_SECRET, TimeDelta::minutes(-4), &undelivered);
+    assert_eq!(d.post(&undelivered, Some(sig)).await.status(), 200);
+    let m = d.message(&ids[1]).await;
+    assert_eq!(m.state, "undelivered");
+    assert_eq!(m.delivered_at, None);
+
+    // Progress changes nothing; a late "undelivered" never undoes "delivered".
+    let sent = gateway_receipt(&ids[2], "sent", None);
+    let sig = d.sign(GATEWAY_SECRET, TimeDelta::zero(), &sent);
+    assert_eq!(d.post(&sent, Some(sig)).await.status(), 200);
+    assert_eq!(d.message(&ids[2]).await.state, "accepted");
+    let undo = gateway_receipt(&ids[0], "undelivered", Some("30005"));
+    let sig = d.sign(GATEWAY_SECRET, TimeDelta::zero(), &undo);
+    assert_eq!(d.post(&undo, Some(sig)).await.status(), 200);
+    assert_eq!(d.message(&ids[0]).await.state, "delivered");
+
+    let effects: Vec<(String, String, Option<String>)> = d
+        .store
+        .receipts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.provider_ref, r.effect, r.error_code))
+        .collect();
+    assert_eq!(
+        effects,
+        [
+            (ids[0].clone(), "applied".to_owned(), None),
+            (
+                ids[1].clone(),
+                "applied".to_owned(),
+                Some("30003".to_owned())
+            ),
+            (ids[2].clone(), "unchanged".to_owned(), None),
+            (
+                ids[0].clone(),
+                "unchanged".to_owned(),
+                Some("30005".to_owned())
+            ),
+        ]
+    );
+
+    // Signed but not a receipt: 400, nothing stored.
+    let junk = r#"{"status": "delivered"}"#;
+    let sig = d.sign(GATEWAY_SECRET, TimeDelta::zero(), junk);
+    assert_eq!(d.post(junk, Some(sig)).await.status(), 400);
+    assert_eq!(d.store.receipts().await.unwrap().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_or_stale_gateway_receipts_get_403_are_recorded_and_change_nothing() {
+    let d = gateway_drill().await;
+    let id = d.ids()[0].clone();
+    let delivered = gateway_receipt(&id, "delivered", None);
+    let genuine_undelivered = gateway_receipt(&id, "undelivered", None);
+    let now = TimeDelta::zero();
+    for signature in [
+        // Another secret.
+        Some(d.sign("not-the-secret", now, &delivered)),
+        // A genuine signature of another body.
+        Some(d.sign(GATEWAY_SECRET, now, &genuine_undelivered)),
+        // Genuine, but older or newer than five minutes.
+        Some(d.sign(GATEWAY_SECRET, TimeDelta::seconds(-301), &delivered)),
+        Some(d.sign(GATEWAY_SECRET, TimeDelta::seconds(301), &delivered)),
+        None,
+        Some("t=abc,v1=zz".to_owned()),
+    ] {
+        let resp = d.post(&delivered, signature).await;
+        assert_eq!(resp.status(), 403);
+        assert_eq!(
+            resp.text().await.unwrap(),
+            "forbidden\n",
+            "nothing about why"
+        );
+    }
+    let reasons: Vec<String> = d
+        .store
+        .refusals(RECEIPT_CHANNEL)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(source, raw, reason)| {
+            assert_eq!(source.as_deref(), Some("127.0.0.1"));
+            assert!(raw.contains(&id), "the raw request is kept: {raw}");
+            reason.unwrap()
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "signature mismatch",
+            "signature mismatch",
+            "signature timestamp outside tolerance",
+            "signature timestamp outside tolerance",
+            "missing signature",
+            "malformed signature",
+        ]
+    );
+    assert_eq!(d.message(&id).await.state, "accepted");
+    assert!(d.store.receipts().await.unwrap().is_empty());
+}
