@@ -450,6 +450,14 @@ fn check(
             }
         }
     }
+    // The daemon builds its channels from the same settings at start; what
+    // would stop it there (an unreadable `ca_file`, a password over plain
+    // text to a remote relay, a gateway body that is not a template) is an
+    // error now, not at 3 a.m.
+    crate::channel::install_crypto_provider();
+    if let Err(e) = crate::channel::Channels::from_config(cfg, Secrets::from_env()) {
+        problems.error(&cfg_label, Pos::START, e.to_string());
+    }
     for (contact, var) in roster.secret_envs() {
         if std::env::var(var).map(|v| v.is_empty()).unwrap_or(true) {
             let (file, pos) = index

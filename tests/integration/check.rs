@@ -754,3 +754,57 @@ fn every_command_in_the_readme_usage_exists() {
         );
     }
 }
+
+/// `check` with `config` as the configuration file, on the shipped samples.
+fn check_with_config(config: &str) -> (tempfile::TempDir, std::process::Output) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = config.replace("$DIR", dir.path().to_str().expect("UTF-8 temporary path"));
+    let file = dir.path().join("rollcall.yaml");
+    std::fs::write(&file, config).expect("write the configuration");
+    let out = support::rollcall(&["--config", file.to_str().expect("UTF-8 path"), "check"]);
+    (dir, out)
+}
+
+#[test]
+fn smtp_settings_the_daemon_would_refuse_at_start_are_errors_at_check() {
+    let email = |smtp: &str| {
+        format!(
+            "email:\n  from: \"Exercise Control <drill@cstcb.example>\"\n  smtp: {{ {smtp} }}\n"
+        )
+    };
+    let cases = [
+        (
+            email("host: smtp.example, port: 587, tls: starttls, ca_file: $DIR/missing-ca.pem"),
+            "email.smtp.ca_file",
+            "missing-ca.pem",
+        ),
+        (
+            email("host: smtp.example, port: 587, tls: implicit, ca_file: $DIR/rollcall.yaml"),
+            "email.smtp.ca_file",
+            "holds no PEM certificate",
+        ),
+        (
+            email(
+                "host: smtp.example, port: 25, tls: none, username: drill, password_env: SMTP_PASSWORD",
+            ),
+            "refusing to send the password to smtp.example in clear text",
+            "starttls",
+        ),
+    ];
+    for (config, first, second) in cases {
+        let (_dir, out) = check_with_config(&config);
+        let stdout = support::stdout(&out);
+        assert_eq!(out.status.code(), Some(EXIT_INVALID), "{config}\n{stdout}");
+        let errors = error_lines(&stdout);
+        assert!(
+            errors
+                .iter()
+                .any(|l| l.contains("rollcall.yaml") && l.contains(first) && l.contains(second)),
+            "{config}\nerrors: {errors:#?}"
+        );
+        assert!(!stdout.contains("ok: "), "{stdout}");
+    }
+    // The same relay over STARTTLS with the platform's trust store is fine.
+    let (_dir, out) = check_with_config(&email("host: smtp.example, port: 587, tls: starttls"));
+    assert_eq!(out.status.code(), Some(0), "{}", support::stdout(&out));
+}
