@@ -65,6 +65,7 @@ on_both_backends!(
     a_database_missing_a_migration_is_refused_as_stale,
     a_crashed_send_is_not_repeated_once_the_department_has_acked,
     a_code_is_retired_a_day_after_its_deadline_and_can_be_issued_again,
+    the_schema_refuses_outbox_rows_whose_state_and_fields_disagree,
 );
 
 // ---- harness -----------------------------------------------------------
@@ -2378,4 +2379,109 @@ async fn both_backends_migrate_to_the_same_tables_columns_and_unique_keys() {
     assert_eq!(lite_unique, pg_unique, "unique keys");
     sqlite.close().await;
     pg.drop().await;
+}
+
+/// PRODUCT.md §6's outbox rules hold in the schema itself (constraints on
+/// PostgreSQL, triggers on SQLite): a write that breaks one is refused with
+/// the rule's name and changes nothing, whichever code issued it.
+async fn the_schema_refuses_outbox_rows_whose_state_and_fields_disagree(store: &Store) {
+    let v = running_exercise(store, EX, &[("R01", 0)]).await;
+    let c = clockwork(at(0));
+    fire(store, EX, "R01", v, c, &[department("DPO", 1, c, &["sms"])]).await;
+    let id: i64 = on_db!(store, |p| sqlx::query_scalar(
+        "SELECT MIN(id) FROM messages"
+    )
+    .fetch_one(p)
+    .await
+    .unwrap());
+    let row = || async {
+        on_db!(store, |p| sqlx::query_as::<
+            _,
+            (String, Option<String>, Option<i64>, i64),
+        >(
+            "SELECT state, payload, finished_at, attempts FROM messages WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_one(p)
+        .await
+        .unwrap())
+    };
+    let before = row().await;
+    assert_eq!(before.0, "pending");
+    assert!(before.1.is_some(), "a pending message keeps its text");
+
+    // Each write breaks exactly one rule.
+    let cases = [
+        (
+            "state = 'expired', payload = NULL",
+            "messages_finished_when_final",
+        ),
+        (
+            "state = 'sending', claimed_by = 'w1'",
+            "messages_claim_expires",
+        ),
+        ("delivered_at = 1", "messages_delivered_at"),
+        (
+            "state = 'delivered', accepted_at = 1, provider = 'p', payload = NULL, finished_at = 2",
+            "messages_delivered_at",
+        ),
+        (
+            "state = 'accepted', accepted_at = 1, payload = NULL",
+            "messages_provider_named",
+        ),
+        (
+            "state = 'cancelled', state_reason = 'bored', payload = NULL, finished_at = 1",
+            "messages_cancel_reason",
+        ),
+        (
+            "state = 'cancelled', payload = NULL, finished_at = 1",
+            "messages_cancel_reason",
+        ),
+        (
+            "state = 'failed', payload = NULL, finished_at = 1",
+            "messages_failure_class",
+        ),
+        (
+            "state = 'expired', finished_at = 1",
+            "messages_payload_while_sendable",
+        ),
+        ("attempts = -1", "messages_attempts"),
+    ];
+    for (set, rule) in cases {
+        let sql = format!("UPDATE messages SET {set} WHERE id = $1");
+        let err = on_db!(store, |p| sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(id)
+            .execute(p)
+            .await
+            .map(|_| ()))
+        .expect_err(&format!("`{set}` breaks {rule}"));
+        assert!(err.to_string().contains(rule), "`{set}`: {err}");
+        assert_eq!(row().await, before, "a refused write changes nothing");
+    }
+    let insert = "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, \
+         roster_version, step, state, payload, created_at, due_at, expires_at) \
+         SELECT notification_id, outcome_id, contact_id, 'webhook', address, roster_version, step, \
+         'expired', NULL, created_at, due_at, expires_at FROM messages WHERE id = $1";
+    let err = on_db!(store, |p| sqlx::query(insert)
+        .bind(id)
+        .execute(p)
+        .await
+        .map(|_| ()))
+    .expect_err("an expired row without its end");
+    assert!(
+        err.to_string().contains("messages_finished_when_final"),
+        "{err}"
+    );
+
+    // A write that keeps the rules goes through.
+    on_db!(store, |p| sqlx::query(
+        "UPDATE messages SET state = 'cancelled', state_reason = 'opted_out', payload = NULL, \
+         finished_at = 1 WHERE id = $1"
+    )
+    .bind(id)
+    .execute(p)
+    .await
+    .map(|_| ())
+    .unwrap());
+    assert_eq!(row().await.0, "cancelled");
 }
