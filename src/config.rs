@@ -110,6 +110,9 @@ pub struct Config {
     pub smtp: Option<Smtp>,
     pub webhook_timeout: TimeDelta,
     pub webhook_secret_env: String,
+    /// Webhook POSTs in flight at once to one host (`host:port`), so a
+    /// round never floods a department's receiver.
+    pub webhook_per_host: u32,
     pub retry_attempts: u32,
     pub retry_backoff: TimeDelta,
     pub retry_max_backoff: TimeDelta,
@@ -139,6 +142,7 @@ impl Default for Config {
             smtp: None,
             webhook_timeout: TimeDelta::seconds(10),
             webhook_secret_env: "ROLLCALL_WEBHOOK_SECRET".into(),
+            webhook_per_host: 8,
             retry_attempts: 5,
             retry_backoff: TimeDelta::seconds(15),
             retry_max_backoff: TimeDelta::minutes(5),
@@ -181,6 +185,7 @@ const TWINNED: &[&str] = &[
     "email.imap.ca_file",
     "webhook.timeout",
     "webhook.secret_env",
+    "webhook.per_host",
     "delivery.retry.attempts",
     "delivery.retry.backoff",
     "delivery.retry.max_backoff",
@@ -328,8 +333,22 @@ fn read_into(cfg: &mut Config, root: &Node, path: &Path, problems: &mut Problems
         read_email(cfg, n, path, problems);
     }
     if let Some(n) = top.get("webhook")
-        && let Some(m) = MapView::open(n, path, "`webhook`", &["timeout", "secret_env"], problems)
+        && let Some(m) = MapView::open(
+            n,
+            path,
+            "`webhook`",
+            &["timeout", "secret_env", "per_host"],
+            problems,
+        )
     {
+        if let Some(k) = number(&m, "per_host", path, problems) {
+            if k == 0 {
+                let pos = m.str("per_host", problems).map_or(Pos::START, |(_, p)| p);
+                problems.error(path, pos, "`per_host` must be at least 1".to_owned());
+            } else {
+                cfg.webhook_per_host = k;
+            }
+        }
         if let Some(d) = duration(&m, "timeout", path, problems) {
             cfg.webhook_timeout = d;
         }

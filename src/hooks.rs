@@ -69,7 +69,7 @@ impl SmsHooks {
     pub fn from_config(cfg: &Config, secrets: &Secrets) -> SmsHooks {
         let mut providers = HashMap::new();
         for p in &cfg.sms_providers {
-            let (envs, auth): (Vec<&String>, fn(Vec<Secret>) -> ReceiptAuth) = match &p.kind {
+            let (envs, twilio): (Vec<&String>, bool) = match &p.kind {
                 ProviderKind::Twilio {
                     auth_token_env,
                     alternate_auth_token_env,
@@ -78,12 +78,12 @@ impl SmsHooks {
                     std::iter::once(auth_token_env)
                         .chain(alternate_auth_token_env)
                         .collect(),
-                    ReceiptAuth::Twilio,
+                    true,
                 ),
                 ProviderKind::HttpJson {
                     inbound_secret_env: Some(env),
                     ..
-                } => (vec![env], ReceiptAuth::RollcallSignature),
+                } => (vec![env], false),
                 ProviderKind::HttpJson { .. } => continue,
             };
             let keys: Vec<Secret> = envs.iter().filter_map(|env| secrets.get(env)).collect();
@@ -94,7 +94,12 @@ impl SmsHooks {
                     "secret not set: this provider's delivery receipts will be refused"
                 );
             }
-            providers.insert(p.name.clone(), auth(keys));
+            let auth = if twilio {
+                ReceiptAuth::Twilio(keys)
+            } else {
+                ReceiptAuth::RollcallSignature(keys)
+            };
+            providers.insert(p.name.clone(), auth);
         }
         SmsHooks {
             public_url: cfg.public_url.trim_end_matches('/').to_owned(),

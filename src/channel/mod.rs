@@ -1,6 +1,8 @@
 //! Channels: how a rendered message reaches a provider. Email goes over SMTP
 //! (lettre), SMS through the Twilio REST wire format, webhooks as signed JSON.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -51,6 +53,10 @@ pub struct Channels {
     webhook_timeout: Duration,
     default_webhook_secret_env: String,
     secrets: Secrets,
+    /// One gate per webhook `host:port`, letting `webhook.per_host` POSTs
+    /// through at once.
+    webhook_hosts: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    webhook_per_host: usize,
 }
 
 /// Installs the process's TLS crypto provider (ring) once; reqwest is built
@@ -121,6 +127,8 @@ impl Channels {
                 .unwrap_or(Duration::from_secs(10)),
             default_webhook_secret_env: cfg.webhook_secret_env.clone(),
             secrets,
+            webhook_hosts: std::sync::Mutex::default(),
+            webhook_per_host: usize::try_from(cfg.webhook_per_host).unwrap_or(1).max(1),
         })
     }
 
@@ -179,6 +187,30 @@ impl Channels {
         }
     }
 
+    /// The gate of `url`'s `host:port` (the whole string if it does not
+    /// parse: such a POST fails on its own).
+    fn webhook_gate(&self, url: &str) -> Arc<tokio::sync::Semaphore> {
+        let key = reqwest::Url::parse(url).map_or_else(
+            |_| url.to_owned(),
+            |u| {
+                format!(
+                    "{}:{}",
+                    u.host_str().unwrap_or_default(),
+                    u.port_or_known_default().unwrap_or(0)
+                )
+            },
+        );
+        let mut hosts = self
+            .webhook_hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(
+            hosts
+                .entry(key)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.webhook_per_host))),
+        )
+    }
+
     /// Provider failovers and recoveries since the last call, for control.
     pub fn drain_provider_events(&self) -> Vec<ProviderEvent> {
         self.sms.drain_events()
@@ -192,6 +224,10 @@ impl Channels {
         body: &serde_json::Value,
         now: DateTime<Utc>,
     ) -> SendResult {
+        // Waiting for the host's gate is pacing, not part of the POST's
+        // timeout; a closed gate cannot happen (semaphores are never closed).
+        let gate = self.webhook_gate(url);
+        let _permit = gate.acquire().await;
         let raw = body.to_string().into_bytes();
         let sig = signature_header(secret, now.timestamp(), &raw);
         let result = self

@@ -411,3 +411,91 @@ async fn sms_at_five_a_second_leave_a_fifth_of_a_second_apart() {
         "pacing is not a failed attempt"
     );
 }
+
+/// A webhook receiver that holds every POST until the test lets it answer,
+/// counting how many are in flight at once.
+#[derive(Clone)]
+struct HeldReceiver {
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    most: Arc<std::sync::atomic::AtomicUsize>,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+impl HeldReceiver {
+    fn new() -> Self {
+        HeldReceiver {
+            in_flight: Arc::default(),
+            most: Arc::default(),
+            answered: Arc::default(),
+            release: Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
+}
+
+async fn held(State(r): State<HeldReceiver>) -> StatusCode {
+    use std::sync::atomic::Ordering::SeqCst;
+    let now = r.in_flight.fetch_add(1, SeqCst) + 1;
+    r.most.fetch_max(now, SeqCst);
+    r.release.acquire().await.unwrap().forget();
+    r.in_flight.fetch_sub(1, SeqCst);
+    r.answered.fetch_add(1, SeqCst);
+    StatusCode::OK
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_to_one_host_never_exceed_its_limit_and_other_hosts_go_on() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let receivers = [HeldReceiver::new(), HeldReceiver::new()];
+    let mut urls = Vec::new();
+    for r in &receivers {
+        let router = Router::new()
+            .route("/hook", post(held))
+            .with_state(r.clone());
+        urls.push(format!("http://{}/hook", serve(router).await));
+    }
+    let cfg = Config {
+        webhook_per_host: 2,
+        ..Config::default()
+    };
+    let secrets = Secrets::supplied([("HELD_SECRET".to_owned(), "s".to_owned())]);
+    let channels = Arc::new(Channels::from_config(&cfg, secrets).unwrap());
+    let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let mut sends = Vec::new();
+    for id in 0..12_i64 {
+        let channels = Arc::clone(&channels);
+        let payload = rollcall::domain::render::Payload::Webhook {
+            url: urls[(id % 2) as usize].clone(),
+            secret_env: Some("HELD_SECRET".into()),
+            body: serde_json::json!({ "n": id }),
+        };
+        sends.push(tokio::spawn(async move {
+            channels.send(id, &payload, now).await
+        }));
+    }
+    // Both hosts fill up to their limit while nothing has answered: the
+    // second host is not held up behind the first.
+    while receivers.iter().any(|r| r.in_flight.load(SeqCst) < 2) {
+        tokio::task::yield_now().await;
+    }
+    // Let one POST at a time answer; each frees a place for one more.
+    for r in &receivers {
+        for done in 1..=6 {
+            r.release.add_permits(1);
+            while r.answered.load(SeqCst) < done {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+    for send in sends {
+        let result = send.await.unwrap();
+        assert!(
+            matches!(result, rollcall::store::SendResult::Accepted { .. }),
+            "{result:?}"
+        );
+    }
+    for r in &receivers {
+        assert_eq!(r.answered.load(SeqCst), 6);
+        assert_eq!(r.most.load(SeqCst), 2, "at most `per_host` at once");
+    }
+}
