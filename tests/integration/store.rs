@@ -66,6 +66,7 @@ on_both_backends!(
     a_crashed_send_is_not_repeated_once_the_department_has_acked,
     a_code_is_retired_a_day_after_its_deadline_and_can_be_issued_again,
     the_schema_refuses_outbox_rows_whose_state_and_fields_disagree,
+    sms_to_a_number_that_opted_out_are_cancelled_until_it_opts_back_in,
 );
 
 // ---- harness -----------------------------------------------------------
@@ -2484,4 +2485,78 @@ async fn the_schema_refuses_outbox_rows_whose_state_and_fields_disagree(store: &
     .map(|_| ())
     .unwrap());
     assert_eq!(row().await.0, "cancelled");
+}
+
+/// PRODUCT.md §5-6: after `STOP` or a provider's opted-out answer, SMS to that
+/// number end `cancelled(opted_out)` instead of going out; other channels and
+/// other numbers are untouched; `START` lifts it.
+async fn sms_to_a_number_that_opted_out_are_cancelled_until_it_opts_back_in(store: &Store) {
+    let v = running_exercise(store, EX, &[("R01", 0)]).await;
+    let c = clockwork(at(0));
+    let depts = [
+        department("DPO", 1, c, &["sms", "email"]),
+        department("FSD", 2, c, &["sms"]),
+    ];
+    fire(store, EX, "R01", v, c, &depts).await;
+    let rows = || async {
+        on_db!(store, |p| {
+            sqlx::query_as::<_, (String, String, String, Option<String>, bool)>(
+            "SELECT contact_id, channel, state, state_reason, payload IS NULL FROM messages ORDER BY id"
+        )
+        .fetch_all(p)
+        .await
+        .unwrap()
+        })
+    };
+    let dpo_sms: String = on_db!(store, |p| sqlx::query_scalar(
+        "SELECT address FROM messages WHERE contact_id = $1 AND channel = 'sms'"
+    )
+    .bind(primary("DPO"))
+    .fetch_one(p)
+    .await
+    .unwrap());
+
+    assert!(
+        store
+            .record_opt_out(at(1), &dpo_sms, "primary", Some("Twilio 21610"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .record_opt_out(at(2), &dpo_sms, "sms-reply", None)
+            .await
+            .unwrap(),
+        "the first record stands"
+    );
+    assert_eq!(store.cancel_opted_out(at(3)).await.unwrap(), 1);
+    let after = rows().await;
+    let dpo = primary("DPO");
+    for (contact, channel, state, reason, cleared) in &after {
+        if *contact == dpo && channel == "sms" {
+            assert_eq!(
+                (state.as_str(), reason.as_deref(), *cleared),
+                ("cancelled", Some("opted_out"), true)
+            );
+        } else {
+            assert_eq!(state, "pending", "{contact} {channel} is untouched");
+        }
+    }
+    assert_eq!(after.len(), 3);
+    let listed = store.opt_outs().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (
+            listed[0].address.as_str(),
+            listed[0].source.as_str(),
+            listed[0].opted_out_at
+        ),
+        (dpo_sms.as_str(), "primary", at(1))
+    );
+
+    // START: the number may get SMS again; nothing more is cancelled.
+    assert!(store.opt_in(&dpo_sms).await.unwrap());
+    assert!(!store.opt_in(&dpo_sms).await.unwrap());
+    assert!(store.opt_outs().await.unwrap().is_empty());
+    assert_eq!(store.cancel_opted_out(at(4)).await.unwrap(), 0);
 }
