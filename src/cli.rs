@@ -194,7 +194,7 @@ pub struct ReportArgs {
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     pub schedule: PathBuf,
-    /// Render one message of each kind (arrives with templates)
+    /// After the plan, render one message of each kind per language, with SMS segments
     #[arg(long)]
     pub preview: bool,
 }
@@ -836,7 +836,13 @@ fn plan_command(
         });
     let errors = problems.error_count();
     let list = problems.into_sorted();
-    let view = planned.map(|(s, p)| crate::plan_view::build(&s, &p, &roster, cfg));
+    let view = planned.map(|(s, p)| {
+        let mut view = crate::plan_view::build(&s, &p, &roster, cfg);
+        if args.preview {
+            view.preview = crate::plan_view::preview(&s, &p, &roster, cfg);
+        }
+        view
+    });
     if cli.json {
         out!(
             "{}",
@@ -851,11 +857,6 @@ fn plan_command(
             .filter(|p| p.severity == crate::yaml::Severity::Error)
         {
             eprintln!("{p}");
-        }
-        if args.preview {
-            eprintln!(
-                "rollcall: --preview arrives with message templates; the SMS segments above use the built-in text"
-            );
         }
     }
     Ok(if errors == 0 && view.is_some() {

@@ -14,7 +14,7 @@ use crate::config::SenderMode;
 use crate::domain::codes::{AckCode, LinkToken};
 use crate::domain::contacts::{Contact, Department, Roster};
 use crate::domain::plan::Plan;
-use crate::domain::render::{Alert, Payload};
+use crate::domain::render::{Alert, Names, Payload, TextKind};
 use crate::domain::schedule::Schedule;
 use crate::domain::{ChannelKind, Lang};
 use crate::store::{
@@ -239,6 +239,11 @@ impl Engine {
         let now = self.now();
         let clock = clockwork(&schedule, now);
         for _attempt in 0..5 {
+            // A round of thousands of contacts draws thousands of codes at
+            // once; they must differ among themselves, not only from the
+            // codes already live (10,000 draws from 31^5 codes repeat one
+            // with a probability of about 83%).
+            let mut drawn = HashSet::new();
             let notifications: Vec<NewNotification> = targets
                 .iter()
                 .map(|dept| NewNotification {
@@ -250,6 +255,7 @@ impl Engine {
                         &round.label,
                         clock,
                         &HashSet::new(),
+                        &mut drawn,
                     ),
                 })
                 .collect();
@@ -328,6 +334,9 @@ impl Engine {
     }
 
     /// New outcomes (contacts with codes, tokens and messages) for one step.
+    /// `drawn` holds the codes drawn so far for the same write; each new
+    /// code differs from them.
+    #[expect(clippy::too_many_arguments, reason = "one step of one department")]
     fn outcomes_for_step(
         &self,
         schedule: &Schedule,
@@ -336,6 +345,7 @@ impl Engine {
         round_label: &str,
         clock: Clockwork,
         already: &HashSet<String>,
+        drawn: &mut HashSet<AckCode>,
     ) -> Vec<NewOutcome> {
         let Some(step) = schedule.escalation.get(step_index) else {
             return Vec::new();
@@ -345,7 +355,12 @@ impl Engine {
             .iter()
             .filter(|c| step.notify.contains(&c.role) && !already.contains(c.id.as_str()))
             .map(|contact| {
-                let code = AckCode::generate(&mut *rng);
+                let code = loop {
+                    let code = AckCode::generate(&mut *rng);
+                    if drawn.insert(code.clone()) {
+                        break code;
+                    }
+                };
                 let token = LinkToken::generate(&mut *rng);
                 let messages = self.messages_for(
                     schedule,
@@ -395,6 +410,23 @@ impl Engine {
             tz: schedule.tz(),
             sms_two_way: self.settings.sms_mode == SenderMode::TwoWay,
         };
+        let names = Names::of(&schedule.id, dept, Some(contact), contact.lang);
+        // The exercise's templates, else the built-in ones. A template that
+        // passed `check` but fails on these values is logged and replaced by
+        // the built-in text: the message still goes out, marked.
+        let text = |kind: TextKind| {
+            let rendered = schedule.templates.render(kind, &alert, &names);
+            if let Some(why) = &rendered.fallback {
+                tracing::warn!(
+                    exercise.id = %schedule.id,
+                    department.code = %dept.code,
+                    round = round_label,
+                    error = %why,
+                    "the exercise's template failed; the built-in text is sent instead"
+                );
+            }
+            rendered.text
+        };
         let mut out = Vec::new();
         for channel in via {
             let (address, payload) = match channel {
@@ -403,7 +435,7 @@ impl Engine {
                         p.as_str().to_owned(),
                         Payload::Sms {
                             to: p.as_str().to_owned(),
-                            text: alert.sms(),
+                            text: text(TextKind::sms(alert.sms_two_way)),
                             deadline_at: clock.deadline_at,
                         },
                     ),
@@ -414,8 +446,8 @@ impl Engine {
                         e.as_str().to_owned(),
                         Payload::Email {
                             to: e.as_str().to_owned(),
-                            subject: alert.email_subject(),
-                            text: alert.email_body(),
+                            subject: text(TextKind::EmailSubject),
+                            text: text(TextKind::EmailBody),
                         },
                     ),
                     None => continue,
@@ -437,7 +469,7 @@ impl Engine {
                                 "ack_url": ack_url,
                                 "deadline": clock.deadline_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                                 "drill": true,
-                                "text": alert.webhook_text(),
+                                "text": text(TextKind::WebhookText),
                                 "lang": match contact.lang { Lang::En => "en", Lang::Zh => "zh" },
                             }),
                         },
@@ -520,6 +552,7 @@ impl Engine {
                         &n.round_label,
                         clock,
                         &already,
+                        &mut HashSet::new(),
                     );
                     match self
                         .store

@@ -792,9 +792,15 @@ pub fn diff(
     let new_v = value(schedule);
     match old_schedule.map(value) {
         Some(old_v) => {
-            for (key, new_field) in new_v.as_object().into_iter().flatten() {
-                let old_field = &old_v[key.as_str()];
-                if old_field != new_field && key != "rounds" {
+            // Keys of both: a field left out when empty (`templates`) is
+            // absent from one side when it is added or removed.
+            let keys: std::collections::BTreeSet<&String> = [&old_v, &new_v]
+                .into_iter()
+                .flat_map(|v| v.as_object().into_iter().flat_map(|o| o.keys()))
+                .collect();
+            for key in keys.into_iter().filter(|k| *k != "rounds") {
+                let (old_field, new_field) = (&old_v[key.as_str()], &new_v[key.as_str()]);
+                if old_field != new_field {
                     out.push(format!("~ {key}: {old_field} → {new_field}"));
                 }
             }

@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::calendar::OfficeHours;
 use super::contacts::{Role, Roster, RosterIndex};
-use super::{ChannelKind, ContactId, DepartmentCode, parse_duration};
+use super::render::{
+    self, Alert, Names, SAMPLE_CODE, TEMPLATE_KEYS, TEMPLATE_LANGS, Templates, TextKind,
+};
+use super::{ChannelKind, ContactId, DepartmentCode, Lang, parse_duration};
 use crate::yaml::{self, MapView, Node, Pos, Problems, scalar};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +130,12 @@ pub struct Schedule {
     pub rounds: Vec<RoundSpec>,
     pub ack: AckPolicy,
     pub escalation: Vec<Step>,
+    /// The exercise's own message templates (`templates:`), stored with the
+    /// schedule so the engine renders with them. Left out of the stored form
+    /// when there are none, so schedules stored before templates existed
+    /// read back, and compare, the same.
+    #[serde(default, skip_serializing_if = "Templates::is_empty")]
+    pub templates: Templates,
     /// Where each `rounds:` entry is in its file, for located plan problems;
     /// not stored.
     #[serde(skip)]
@@ -434,16 +443,22 @@ pub fn load(
         .into_iter()
         .unzip();
 
-    if let Some(t) = ex.get("templates") {
-        match t.as_map() {
-            Some([]) => {}
-            _ => problems.error(
-                path,
-                t.pos,
-                "per-exercise `templates` overrides are not supported yet; remove the key or leave it `{}`",
-            ),
-        }
-    }
+    let templates = load_templates(
+        &ex,
+        path,
+        &TemplateSample {
+            exercise: id.as_deref().unwrap_or("exercise"),
+            title: title.as_deref().unwrap_or("Exercise"),
+            marker: marker.as_ref(),
+            tz,
+            deadline_at: window.map_or(DateTime::UNIX_EPOCH, |(start, _)| start)
+                + ack
+                    .as_ref()
+                    .map_or(TimeDelta::hours(1), AckPolicy::deadline),
+            roster: roster.map(|(r, _)| r),
+        },
+        problems,
+    );
 
     if problems.error_count() > before {
         return None;
@@ -467,8 +482,103 @@ pub fn load(
         rounds,
         ack: ack?,
         escalation: escalation?,
+        templates,
         round_pos,
     })
+}
+
+/// What the exercise's templates are rendered with when the schedule is
+/// loaded: its own title, marker and zone, and a real department of the
+/// roster when there is one.
+struct TemplateSample<'a> {
+    exercise: &'a str,
+    title: &'a str,
+    marker: Option<&'a Marker>,
+    tz: Tz,
+    deadline_at: DateTime<Utc>,
+    roster: Option<&'a Roster>,
+}
+
+/// The link a template is tried with at load time: an `https://` one, so
+/// an SMS template that sends `{{ ack_url }}` is caught.
+const SAMPLE_ACK_URL: &str = "https://rollcall.example/a/sample-link-token";
+
+/// `templates:` — per kind (`sms`, `sms_one_way`, `email_subject`,
+/// `email_body`, `webhook_text`), per language (`en`, `zh`), a minijinja
+/// template. Each is compiled and rendered once with sample values, so a
+/// syntax error, an unknown variable, a text that does not start and end
+/// with the marker, or an SMS with a link is reported here, at the
+/// template's line, rather than when a round fires.
+fn load_templates(
+    ex: &MapView<'_>,
+    path: &Path,
+    sample: &TemplateSample<'_>,
+    problems: &mut Problems,
+) -> Templates {
+    let mut templates = Templates::default();
+    let Some(by_kind) = ex.child("templates", "`templates`", TEMPLATE_KEYS, problems) else {
+        return templates;
+    };
+    // A marker problem is reported at `marker:`; the templates are still
+    // checked for everything else against the usual markers.
+    let fallback_marker = Marker {
+        en: "[EXERCISE]".to_owned(),
+        zh: "[演習]".to_owned(),
+    };
+    let marker = sample.marker.unwrap_or(&fallback_marker);
+    let department = sample.roster.and_then(|r| r.departments.first());
+    for kind in TextKind::ALL {
+        let what = format!("`templates.{kind}`");
+        let Some(by_lang) = by_kind.child(kind.key(), &what, TEMPLATE_LANGS, problems) else {
+            continue;
+        };
+        for lang in [Lang::En, Lang::Zh] {
+            let Some((source, pos)) = by_lang.str(lang.as_str(), problems) else {
+                continue;
+            };
+            let contact = department.and_then(|d| {
+                d.contacts
+                    .iter()
+                    .find(|c| c.lang == lang)
+                    .or(d.contacts.first())
+            });
+            let names = match department {
+                Some(d) => Names::of(sample.exercise, d, contact, lang),
+                None => Names {
+                    exercise: sample.exercise,
+                    department_name: match lang {
+                        Lang::En => "Digital Policy Office",
+                        Lang::Zh => "數字政策辦公室",
+                    },
+                    contact_name: "CHAN Tai-man",
+                },
+            };
+            let alert = Alert {
+                marker,
+                lang,
+                exercise_title: sample.title,
+                round: "R01",
+                department: department.map_or("DPO", |d| d.code.as_str()),
+                code: SAMPLE_CODE,
+                ack_url: SAMPLE_ACK_URL,
+                deadline_at: sample.deadline_at,
+                tz: sample.tz,
+                sms_two_way: kind != TextKind::SmsOneWay,
+            };
+            let found = render::template_problems(kind, source, &alert, &names);
+            for problem in &found {
+                problems.error(
+                    path,
+                    pos,
+                    format!("template `{}`: {problem}", kind.template_name(lang)),
+                );
+            }
+            if found.is_empty() {
+                templates.insert(kind, lang, source.to_owned());
+            }
+        }
+    }
+    templates
 }
 
 fn list_items<'a>(
