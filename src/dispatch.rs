@@ -50,6 +50,8 @@ impl Dispatcher {
     /// Sends everything due now; returns how many messages were handled.
     #[tracing::instrument(name = "dispatch.pending", skip(self))]
     pub async fn dispatch_pending(&self) -> Result<usize, StoreError> {
+        // Numbers that opted out get nothing more (PRODUCT.md §5).
+        self.store.cancel_opted_out(self.clock.now()).await?;
         let mut handled = 0;
         loop {
             let now = self.clock.now();
@@ -105,6 +107,16 @@ impl Dispatcher {
                                 }),
                             )
                             .await?;
+                        if crate::channel::is_opt_out(error) {
+                            self.store
+                                .record_opt_out(
+                                    self.clock.now(),
+                                    &msg.address,
+                                    provider,
+                                    Some(error),
+                                )
+                                .await?;
+                        }
                     }
                 }
                 self.store

@@ -264,6 +264,13 @@ impl Channels {
     }
 }
 
+/// Whether a permanent SMS failure says the number opted out (Twilio 21610,
+/// "Attempt to send to unsubscribed recipient"): no more SMS go to it until
+/// it sends `START` (PRODUCT.md §5).
+pub fn is_opt_out(error: &str) -> bool {
+    sms::says_opted_out(error)
+}
+
 /// Whether an HTTP answer means "this message can never go": a client error
 /// other than a timeout (408) or rate limiting (429), which pass with time.
 pub(super) fn http_status_is_permanent(status: reqwest::StatusCode) -> bool {

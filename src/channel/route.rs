@@ -84,8 +84,11 @@ impl Bucket {
         if tokens + 1e-9 >= need {
             Ok(())
         } else {
+            // Whole milliseconds, as the outbox stores due times: a slot
+            // between two milliseconds would be stored before itself, and
+            // the message offered again and again before it may go.
             let wait = (need - tokens) / self.per_second;
-            let slot = now + TimeDelta::microseconds((wait * 1e6).ceil() as i64);
+            let slot = now + TimeDelta::milliseconds((wait * 1e3 - 1e-6).ceil() as i64);
             self.reserved.insert(id, slot);
             Err(slot)
         }

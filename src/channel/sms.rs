@@ -6,6 +6,16 @@ use super::route::Reply;
 use super::{http_status_is_permanent, redact_url};
 use crate::store::SendResult;
 
+/// Twilio's error code for a number that replied `STOP` to this sender.
+const OPTED_OUT: i64 = 21610;
+
+/// Whether a failure this module described (`HTTP 400 ... code 21610: ...`)
+/// is Twilio's opted-out answer.
+pub(super) fn says_opted_out(error: &str) -> bool {
+    let code = format!(" code {OPTED_OUT}");
+    error.ends_with(&code) || error.contains(&format!("{code}:"))
+}
+
 pub(super) struct TwilioChannel {
     pub(super) name: String,
     pub(super) base_url: String,
@@ -71,7 +81,7 @@ impl TwilioChannel {
                 let body: serde_json::Value = r.json().await.unwrap_or_default();
                 let code = body.get("code").and_then(serde_json::Value::as_i64);
                 let permanent = match code {
-                    Some(21211 | 21614 | 21610 | 21408 | 21612) => true,
+                    Some(21211 | 21614 | OPTED_OUT | 21408 | 21612) => true,
                     // A refused credential is fixed by an operator, then retried.
                     _ => status.as_u16() != 401 && http_status_is_permanent(status),
                 };

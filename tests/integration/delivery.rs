@@ -110,12 +110,29 @@ fn twilio_provider(addr: std::net::SocketAddr, rate: Option<Rate>) -> SmsProvide
 struct Night {
     store: Store,
     clock: Arc<ManualClock>,
+    engine: Engine,
     dispatcher: Dispatcher,
     t0: DateTime<Utc>,
     _dir: tempfile::TempDir,
 }
 
 async fn night(providers: Vec<SmsProvider>, retry: RetryPolicy, everyone: bool) -> Night {
+    let edit = |text: String| {
+        if everyone {
+            text.replace("targets: [DPO, HKPF, FSD]", "targets: all")
+        } else {
+            text
+        }
+    };
+    night_of(providers, retry, edit).await
+}
+
+/// [`night`] on the smoke schedule as `edit` rewrites it.
+async fn night_of(
+    providers: Vec<SmsProvider>,
+    retry: RetryPolicy,
+    edit: impl Fn(String) -> String,
+) -> Night {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::connect(&format!("sqlite://{}", dir.path().join("n.db").display()))
         .await
@@ -125,16 +142,9 @@ async fn night(providers: Vec<SmsProvider>, retry: RetryPolicy, everyone: bool) 
         .to_utc();
     let clock = ManualClock::new(t0 - TimeDelta::hours(1));
     let shared: SharedClock = clock.clone();
-    let schedule_file = if everyone {
-        let text = std::fs::read_to_string(support::root().join("schedules/smoke.yaml"))
-            .unwrap()
-            .replace("targets: [DPO, HKPF, FSD]", "targets: all");
-        let f = dir.path().join("smoke-all.yaml");
-        std::fs::write(&f, text).unwrap();
-        f
-    } else {
-        support::root().join("schedules/smoke.yaml")
-    };
+    let text = std::fs::read_to_string(support::root().join("schedules/smoke.yaml")).unwrap();
+    let schedule_file = dir.path().join("smoke-edited.yaml");
+    std::fs::write(&schedule_file, edit(text)).unwrap();
     support::start_exercise(&store, &schedule_file, clock.now()).await;
     let cfg = Config {
         sms_from: Some("+85251234567".into()),
@@ -157,6 +167,7 @@ async fn night(providers: Vec<SmsProvider>, retry: RetryPolicy, everyone: bool) 
     Night {
         store,
         clock,
+        engine,
         dispatcher,
         t0,
         _dir: dir,
@@ -173,7 +184,16 @@ impl Night {
                 None => return,
             }
         }
-        panic!("the outbox never drained");
+        let Store::Sqlite(pool) = &self.store else {
+            unreachable!()
+        };
+        let left: Vec<(i64, String, i64, i64)> = sqlx::query_as(
+            "SELECT id, state, due_at, attempts FROM messages WHERE state IN ('pending', 'sending') ORDER BY due_at",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        panic!("the outbox never drained at {}: {left:?}", self.clock.now());
     }
 
     /// (state, provider, attempts, accepted_at, finished_at) of every SMS.
@@ -498,4 +518,142 @@ async fn webhooks_to_one_host_never_exceed_its_limit_and_other_hosts_go_on() {
         assert_eq!(r.answered.load(SeqCst), 6);
         assert_eq!(r.most.load(SeqCst), 2, "at most `per_host` at once");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_twilio_calls_opted_out_gets_no_more_sms() {
+    // The first number Twilio is asked to reach has opted out (21610).
+    let victim: Arc<Mutex<Option<String>>> = Arc::default();
+    let chosen = Arc::clone(&victim);
+    let (addr, seen) = fake_twilio(Arc::new(move |to, n| {
+        let mut chosen = chosen.lock().unwrap();
+        if chosen.get_or_insert_with(|| to.to_owned()) == to {
+            (
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"code": 21610, "message": "Attempt to send to unsubscribed recipient"}),
+            )
+        } else {
+            accepted(n)
+        }
+    }))
+    .await;
+    let night = night(vec![twilio_provider(addr, None)], retry(5, 15), false).await;
+    night.drain().await;
+    let victim = victim.lock().unwrap().clone().expect("R01 sent SMS");
+
+    let opt_outs = night.store.opt_outs().await.unwrap();
+    assert_eq!(opt_outs.len(), 1);
+    assert_eq!(
+        (opt_outs[0].address.as_str(), opt_outs[0].source.as_str()),
+        (victim.as_str(), "primary")
+    );
+    assert_eq!(opt_outs[0].opted_out_at, night.t0);
+    let findings = night.events("contact.finding").await;
+    assert_eq!(
+        findings.len(),
+        1,
+        "an opt-out is also a finding: {findings:?}"
+    );
+
+    // R02, the next night's round: the number is not tried again, and its
+    // SMS says why it was not sent; everyone else is reached. (The same
+    // tick writes R01's second step too late to send: it expires, unsent.)
+    let r02 = night.t0 + TimeDelta::minutes(270);
+    night.clock.set(r02);
+    night.engine.tick().await.unwrap();
+    night.drain().await;
+    let Store::Sqlite(pool) = &night.store else {
+        unreachable!()
+    };
+    let r02_sms: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT address, state, state_reason FROM messages WHERE channel = 'sms' AND step = 1 AND created_at >= $1",
+    )
+    .bind(r02.timestamp_millis())
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(r02_sms.len() >= 3, "{r02_sms:?}");
+    for (address, state, reason) in &r02_sms {
+        if *address == victim {
+            assert_eq!(
+                (state.as_str(), reason.as_deref()),
+                ("cancelled", Some("opted_out"))
+            );
+        } else {
+            assert_eq!(state, "accepted", "{address}");
+        }
+    }
+    assert_eq!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|t| **t == victim)
+            .count(),
+        1,
+        "Twilio was asked once, in R01"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_segment_sms_at_five_segments_a_second_leave_two_fifths_of_a_second_apart() {
+    // Templates that make every SMS exactly two segments: 161-306 GSM-7
+    // characters in English, 71-134 UCS-2 characters in Chinese.
+    let filler = "Exercise round for the 24x7 contact check. ".repeat(4);
+    let templates = format!(
+        "templates:\n    sms:\n      en: \"{{{{ marker }}}} {filler}Reply {{{{ code }}}}. {{{{ marker }}}}\"\n      \
+         zh: \"{{{{ marker }}}} {zh}回覆 {{{{ code }}}} {{{{ marker }}}}\"",
+        zh = "演習測試，請確認收到。".repeat(6),
+    );
+    let (addr, _) = fake_twilio(Arc::new(|_, n| accepted(n))).await;
+    let rate = Rate {
+        per_second: 5.0,
+        burst: 1,
+    };
+    let night = night_of(
+        vec![twilio_provider(addr, Some(rate))],
+        retry(5, 15),
+        |text| {
+            text.replace("targets: [DPO, HKPF, FSD]", "targets: all")
+                .replace("templates: {}", &templates)
+        },
+    )
+    .await;
+    let Store::Sqlite(pool) = &night.store else {
+        unreachable!()
+    };
+    let texts: Vec<String> = sqlx::query_scalar(
+        "SELECT payload FROM messages WHERE channel = 'sms' AND state = 'pending'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(texts.len() >= 10, "{} SMS", texts.len());
+    for payload in &texts {
+        let payload: serde_json::Value = serde_json::from_str(payload).unwrap();
+        let text = payload["text"].as_str().unwrap();
+        assert_eq!(
+            rollcall::domain::sms::segments(text).count,
+            2,
+            "every SMS is two segments: {text}"
+        );
+    }
+    night.drain().await;
+    let sms = night.sms().await;
+    let mut at: Vec<i64> = sms.iter().map(|m| m.3.expect("accepted")).collect();
+    at.sort_unstable();
+    for pair in at.windows(2) {
+        assert!(pair[1] - pair[0] >= 400, "{} ms apart", pair[1] - pair[0]);
+    }
+    // n two-segment SMS take as long as 2n one-segment ones: the last one
+    // leaves (2n - 1) fifths of a second after the round fires.
+    let n = sms.len() as i64;
+    let last = at.last().unwrap() - night.t0.timestamp_millis();
+    assert!(
+        last >= (2 * n - 1) * 200,
+        "{n} two-segment SMS were all accepted {last} ms after T0"
+    );
+    assert!(
+        sms.iter().all(|m| m.2 == 1),
+        "pacing is not a failed attempt"
+    );
 }
