@@ -198,6 +198,10 @@ pub async fn next_due(
 pub async fn step(engine: &Engine, dispatcher: &Dispatcher) -> anyhow::Result<()> {
     engine.tick().await?;
     dispatcher.dispatch_pending().await?;
+    // What the sends just did to the providers, control hears at once.
+    engine.queue_control_notices().await?;
+    crate::engine::send_control_notices(engine.store(), dispatcher.channels(), engine.now())
+        .await?;
     Ok(())
 }
 

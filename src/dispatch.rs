@@ -47,6 +47,11 @@ impl Dispatcher {
         }
     }
 
+    /// The channels this dispatcher sends on.
+    pub fn channels(&self) -> &Channels {
+        &self.channels
+    }
+
     /// Sends everything due now; returns how many messages were handled.
     #[tracing::instrument(name = "dispatch.pending", skip(self))]
     pub async fn dispatch_pending(&self) -> Result<usize, StoreError> {

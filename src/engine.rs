@@ -22,6 +22,9 @@ use crate::store::{
     StoreError, from_ms,
 };
 
+mod notices;
+pub use notices::{NOTICE_EVENTS, send_control_notices};
+
 /// Links stay usable this long after the deadline, so a late ack is still
 /// recorded (as `ack_after_deadline_at`).
 pub const TOKEN_LIFETIME_AFTER_DEADLINE: TimeDelta = TimeDelta::hours(24);
@@ -66,6 +69,9 @@ pub struct Engine {
     /// Roster versions never change once stored: each is read (and its
     /// addresses re-validated) once per engine, not once per fan-out.
     rosters: Mutex<HashMap<i64, Arc<Roster>>>,
+    /// The last event turned into control notices; `None` until the first
+    /// pass reads it from the store.
+    notice_cursor: Mutex<Option<i64>>,
 }
 
 impl Engine {
@@ -78,6 +84,7 @@ impl Engine {
             settings,
             rng: Mutex::new(ChaCha8Rng::from_seed(seed)),
             rosters: Mutex::default(),
+            notice_cursor: Mutex::default(),
         }
     }
 
@@ -94,6 +101,7 @@ impl Engine {
             settings,
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
             rosters: Mutex::default(),
+            notice_cursor: Mutex::default(),
         }
     }
 

@@ -37,6 +37,7 @@ impl WritePool for PgPool {
 
 mod exercises;
 mod messages;
+mod notices;
 mod opt_outs;
 mod receipts;
 mod rows;
@@ -52,6 +53,7 @@ use sqlx::sqlite::{
 
 pub use exercises::LoadResult;
 pub use messages::Clockwork;
+pub use notices::{NewNotice, NoticeRow};
 pub use opt_outs::OptOut;
 pub use receipts::{
     DeliveryReport, MessageDelivery, NewReceipt, RECEIPT_CHANNEL, ReceiptEffect, ReceiptRow,

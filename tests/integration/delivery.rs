@@ -657,3 +657,108 @@ async fn two_segment_sms_at_five_segments_a_second_leave_two_fifths_of_a_second_
         "pacing is not a failed attempt"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_hears_by_sms_and_email_when_a_provider_fails_over_and_recovers() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let healthy = Arc::new(AtomicBool::new(false));
+    let twilio_healthy = Arc::clone(&healthy);
+    let (primary, _) = fake_twilio(Arc::new(move |_, n| {
+        if twilio_healthy.load(SeqCst) {
+            accepted(n)
+        } else {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({"code": 20500, "message": "Internal Server Error"}),
+            )
+        }
+    }))
+    .await;
+    let gw = Fake {
+        script: Arc::new(|_, n| accepted(n)),
+        seen: Arc::default(),
+    };
+    let gw_seen = Arc::clone(&gw.seen);
+    let backup = serve(Router::new().route("/send", post(gateway)).with_state(gw)).await;
+    let providers = vec![
+        twilio_provider(primary, None),
+        SmsProvider {
+            name: "backup".into(),
+            kind: ProviderKind::HttpJson {
+                url: format!("http://{backup}/send"),
+                headers_env: Vec::new(),
+                body: r#"{"to": {{ to|tojson }}, "text": {{ text|tojson }}}"#.into(),
+                inbound_secret_env: None,
+            },
+            rate: None,
+        },
+    ];
+    // The smoke drill's three departments; control is the duty controller
+    // (English) and the exercise director (Chinese). No SMTP is configured.
+    let night = night(providers, retry(5, 15), false).await;
+    let controllers = ["+85298868636", "+85260796221"];
+    let run = || async {
+        for _ in 0..1_000 {
+            rollcall::daemon::step(&night.engine, &night.dispatcher)
+                .await
+                .unwrap();
+            match night.store.next_message_due().await.unwrap() {
+                Some(t) => night.clock.set(t.max(night.clock.now())),
+                None => return,
+            }
+        }
+        panic!("the outbox never drained");
+    };
+    run().await;
+
+    let notices = night.store.notices("smoke").await.unwrap();
+    let failover: Vec<_> = notices
+        .iter()
+        .filter(|n| n.kind == "provider.failover")
+        .collect();
+    // Each controller, by SMS and by email.
+    assert_eq!(failover.len(), 4, "{notices:#?}");
+    for n in &failover {
+        match n.channel.as_str() {
+            // The SMS went out through the backup, the provider still up.
+            "sms" => assert_eq!(
+                (n.state.as_str(), n.provider.as_deref()),
+                ("accepted", Some("backup"))
+            ),
+            // Email has nowhere to go here; the store says so.
+            _ => assert_eq!(
+                (n.state.as_str(), n.last_error.as_deref()),
+                ("failed", Some("no provider configured for this channel"))
+            ),
+        }
+        assert!(controllers.contains(&n.address.as_str()) || n.channel == "email");
+    }
+    let told: Vec<String> = gw_seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|to| controllers.contains(&to.as_str()))
+        .cloned()
+        .collect();
+    assert_eq!(told.len(), 2, "each controller's SMS once: {told:?}");
+
+    // Twilio comes back; the next night's round goes through it after the
+    // breaker's cooldown, and control hears of the recovery.
+    healthy.store(true, SeqCst);
+    night.clock.set(night.t0 + TimeDelta::minutes(270));
+    run().await;
+    let recovered: Vec<_> = night
+        .store
+        .notices("smoke")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.kind == "provider.recovered")
+        .collect();
+    assert_eq!(recovered.len(), 4, "{recovered:#?}");
+    let sms: Vec<_> = recovered.iter().filter(|n| n.channel == "sms").collect();
+    assert!(sms.iter().all(|n| n.state == "accepted"), "{sms:#?}");
+    // Nothing is told twice, however often the events are read.
+    night.engine.queue_control_notices().await.unwrap();
+    assert_eq!(night.store.notices("smoke").await.unwrap().len(), 8);
+}
