@@ -29,6 +29,7 @@ use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use lettre::Message;
 use lettre::address::Envelope;
 use lettre::message::{Mailbox, MultiPart};
@@ -257,9 +258,17 @@ pub fn parse_message_id(value: &str) -> Option<i64> {
 
 impl EmailChannel {
     /// Sends one email: `subject` and `text` as rendered (marker-wrapped),
-    /// with an HTML alternative of the text.
-    pub async fn send(&self, message_id: i64, to: &str, subject: &str, text: &str) -> SendResult {
-        let (envelope, email) = match self.build(message_id, to, subject, text) {
+    /// with an HTML alternative of the text, dated `now` (the injected
+    /// clock's time, so a simulated night's mail is dated in that night).
+    pub async fn send(
+        &self,
+        message_id: i64,
+        to: &str,
+        subject: &str,
+        text: &str,
+        now: DateTime<Utc>,
+    ) -> SendResult {
+        let (envelope, email) = match self.build(message_id, to, subject, text, now) {
             Ok(built) => built,
             Err(error) => return failed(true, error),
         };
@@ -320,9 +329,11 @@ impl EmailChannel {
         to: &str,
         subject: &str,
         text: &str,
+        now: DateTime<Utc>,
     ) -> Result<(Envelope, Vec<u8>), String> {
         let to: Mailbox = to.parse().map_err(|e| format!("bad address: {e}"))?;
         let mut builder = Message::builder()
+            .date(std::time::SystemTime::from(now))
             .from(self.from.clone())
             .to(to)
             .subject(subject)
@@ -716,6 +727,10 @@ mod tests {
         }
     }
 
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).expect("instant")
+    }
+
     fn channel(port: u16, pool: u32) -> EmailChannel {
         let cfg = Config {
             email_reply_to: crate::domain::EmailAddress::parse("acks@rollcall.example").ok(),
@@ -816,7 +831,7 @@ mod tests {
         let ch = channel(port, 4);
         for id in 1..=3 {
             let r = ch
-                .send(id, "a@example.test", "[X] s [X]", "[X] t [X]")
+                .send(id, "a@example.test", "[X] s [X]", "[X] t [X]", t0())
                 .await;
             assert_eq!(outcome(&r), ("accepted", false, "2.0.0 queued as F4KE"));
         }
@@ -836,7 +851,7 @@ mod tests {
         let (port, connections) = scripted_server("250 OK\r\n", true).await;
         let ch = channel(port, 1);
         for id in 1..=3 {
-            let r = ch.send(id, "a@example.test", "s", "t").await;
+            let r = ch.send(id, "a@example.test", "s", "t", t0()).await;
             assert_eq!(outcome(&r).0, "accepted", "{r:?}");
         }
         assert_eq!(connections.load(Ordering::SeqCst), 3);
@@ -847,7 +862,7 @@ mod tests {
         let (port, connections) = fake_server("550 5.1.1 no such user\r\n").await;
         let ch = channel(port, 4);
         for id in 1..=2 {
-            let r = ch.send(id, "gone@example.test", "s", "t").await;
+            let r = ch.send(id, "gone@example.test", "s", "t", t0()).await;
             let (what, permanent, error) = outcome(&r);
             assert_eq!((what, permanent), ("failed", true), "{error}");
             assert!(
@@ -862,7 +877,7 @@ mod tests {
     async fn a_4xx_reply_is_transient() {
         let (port, _) = fake_server("451 4.3.0 try later\r\n").await;
         let ch = channel(port, 4);
-        let r = ch.send(1, "a@example.test", "s", "t").await;
+        let r = ch.send(1, "a@example.test", "s", "t", t0()).await;
         let (what, permanent, error) = outcome(&r);
         assert_eq!((what, permanent), ("failed", false), "{error}");
         assert!(error.contains("try later"), "{error}");
@@ -875,7 +890,7 @@ mod tests {
             l.local_addr().expect("addr").port()
         };
         let ch = channel(port, 4);
-        let r = ch.send(1, "a@example.test", "s", "t").await;
+        let r = ch.send(1, "a@example.test", "s", "t", t0()).await;
         let (what, permanent, error) = outcome(&r);
         assert_eq!((what, permanent), ("failed", false), "{error}");
         assert!(error.starts_with("smtp connect:"), "{error}");
@@ -892,7 +907,7 @@ mod tests {
             }
         });
         let ch = channel(port, 4);
-        let r = ch.send(1, "a@example.test", "s", "t").await;
+        let r = ch.send(1, "a@example.test", "s", "t", t0()).await;
         let (what, permanent, error) = outcome(&r);
         assert_eq!((what, permanent), ("failed", false), "{error}");
         assert!(
@@ -906,7 +921,7 @@ mod tests {
     async fn a_bad_address_is_permanent_without_connecting() {
         let (port, connections) = fake_server("250 OK\r\n").await;
         let ch = channel(port, 4);
-        let r = ch.send(1, "not an address", "s", "t").await;
+        let r = ch.send(1, "not an address", "s", "t", t0()).await;
         assert_eq!(outcome(&r).0, "failed");
         assert!(outcome(&r).1);
         assert_eq!(connections.load(Ordering::SeqCst), 0);

@@ -139,7 +139,7 @@ impl Channels {
             Payload::Email { to, subject, text } => {
                 tracing::Span::current().record("channel.kind", "email");
                 match &self.email {
-                    Some(ch) => ch.send(message_id, to, subject, text).await,
+                    Some(ch) => ch.send(message_id, to, subject, text, now).await,
                     None => SendResult::NotConfigured,
                 }
             }

@@ -135,8 +135,17 @@ async fn send(ch: &EmailChannel, id: i64, to: &str) -> SendResult {
         to,
         &format!("[EXERCISE] message {id} [EXERCISE]"),
         &format!("[EXERCISE]\n\nMessage {id}.\n\n[EXERCISE]\n"),
+        sent_at(),
     )
     .await
+}
+
+/// The instant the tests' emails are sent at (a manual clock's, not the
+/// machine's): the `Date` header says it.
+fn sent_at() -> DateTime<chrono::Utc> {
+    DateTime::parse_from_rfc3339("2027-02-27T14:00:05Z")
+        .expect("instant")
+        .to_utc()
 }
 
 #[track_caller]
@@ -376,6 +385,7 @@ async fn an_email_is_text_and_escaped_html_with_reply_to_message_id_marker_and_c
                 "duty@dpo.example",
                 &alert.email_subject(),
                 &alert.email_body(),
+                sent_at(),
             )
             .await;
         assert_accepted(&result);
@@ -384,6 +394,12 @@ async fn an_email_is_text_and_escaped_html_with_reply_to_message_id_marker_and_c
     for (mail, (id, lang)) in mails.iter().zip([(101, Lang::En), (102, Lang::Zh)]) {
         let m = marker.for_lang(lang);
         assert_eq!(mail.mime_type(), "multipart/alternative", "{}", mail.raw);
+        let date = mail.header("Date").expect("a Date header");
+        assert_eq!(
+            DateTime::parse_from_rfc2822(date).map(|d| d.to_utc()),
+            Ok(sent_at()),
+            "dated by the injected clock: {date}"
+        );
         assert!(is_marked(&mail.subject, m) && mail.subject.contains("7KQ4M"));
         assert!(is_marked(&mail.body, m), "{}", mail.body);
         assert!(mail.body.contains("7KQ4M") && mail.body.contains(ack_url));
