@@ -30,7 +30,8 @@ impl Engine {
     /// one noticed, after a restart) and at or after the exercise started.
     /// Returns how many notices were new.
     pub async fn queue_control_notices(&self) -> Result<u64, EngineError> {
-        let after = match *self.notice_cursor.lock().unwrap_or_else(|p| p.into_inner()) {
+        let cursor = *self.notice_cursor.lock().unwrap_or_else(|p| p.into_inner());
+        let after = match cursor {
             Some(seq) => seq,
             None => self.store.last_noticed_event().await?,
         };
