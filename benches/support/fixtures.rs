@@ -121,6 +121,7 @@ pub fn schedule(id: &str, start: NaiveDate, days: i64, rounds: Vec<RoundSpec>) -
                 via: vec![ChannelKind::Sms, ChannelKind::Email],
             },
         ],
+        templates: Default::default(),
         round_pos: Vec::new(),
     }
 }
