@@ -90,6 +90,10 @@ pub async fn run(
     let sms_hooks = SmsHooks::from_config(cfg, &secrets);
     let channels = Arc::new(Channels::from_config(cfg, secrets)?);
     let engine = Engine::new(store.clone(), Arc::clone(&clock), engine_settings(cfg));
+    if let Err(e) = engine.prepare().await {
+        // The first round that needs the roster reports it again.
+        tracing::warn!(error = %e, "could not read the current roster ahead of the first round");
+    }
     let worker = format!("{}:{}", hostname(), std::process::id());
     let dispatcher = Dispatcher::new(
         store.clone(),

@@ -1,19 +1,42 @@
 //! The outbox worker: claim due messages, hand them to their channel, record
 //! what happened, retry transient failures with backoff.
+//!
+//! Sending and recording overlap. Up to [`CONCURRENCY`] sends are in flight
+//! while one store write at a time records every send that finished since
+//! the previous write and claims as many messages as there is room for,
+//! in one transaction ([`Store::finish_and_claim`]). A write takes about as
+//! long as a durable commit, so under load each one carries a batch of
+//! results (group commit), and with no load it carries one.
 
+use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use chrono::TimeDelta;
+use chrono::{DateTime, TimeDelta, Utc};
 use tokio::task::JoinSet;
 
 use crate::channel::{Channels, ProviderEvent};
 use crate::clock::SharedClock;
 use crate::domain::render::Payload;
-use crate::store::{SendResult, Store, StoreError};
+use crate::store::{Claim, ClaimedMessage, Finished, SendResult, Store, StoreError};
 
 /// How long a claim lasts before another worker may take the row over.
 pub const CLAIM_TTL: TimeDelta = TimeDelta::seconds(60);
-const BATCH: i64 = 64;
+/// How many sends are in flight at once.
+pub const CONCURRENCY: usize = 64;
+/// Claimed messages held at most: those in flight and those waiting for a
+/// free slot. Claiming ahead keeps every slot busy while a write commits,
+/// and lets each write carry hundreds of rows. After a crash, only claimed
+/// messages whose send finished but was not yet recorded can go out twice:
+/// at most this many.
+const CLAIM_AHEAD: usize = 8 * CONCURRENCY;
+/// A claimed message still waiting for a slot this close to its claim's
+/// lapse is left alone: another pass (or worker) takes it over once the
+/// claim lapses, so it is never sent by two senders at once.
+const CLAIM_MARGIN: TimeDelta = TimeDelta::seconds(30);
+/// Results recorded per write under load; fewer go with a write that
+/// claims, or when the pass is draining.
+const RECORD_BATCH: usize = 4 * CONCURRENCY;
 
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -29,6 +52,12 @@ pub struct Dispatcher {
     retry: RetryPolicy,
     worker: String,
 }
+
+/// A store write in progress: it resolves to the messages it claimed and
+/// the instant their claim lapses.
+type Write<'a> = Pin<
+    Box<dyn Future<Output = Result<(Vec<ClaimedMessage>, DateTime<Utc>), StoreError>> + Send + 'a>,
+>;
 
 impl Dispatcher {
     pub fn new(
@@ -53,105 +82,190 @@ impl Dispatcher {
     }
 
     /// Sends everything due now; returns how many messages were handled.
+    /// Returns once nothing due is left to claim and every send is recorded.
     #[tracing::instrument(name = "dispatch.pending", skip(self))]
     pub async fn dispatch_pending(&self) -> Result<usize, StoreError> {
+        self.store.sweep_outbox(self.clock.now()).await?;
         // Numbers that opted out get nothing more (PRODUCT.md §5).
         self.store.cancel_opted_out(self.clock.now()).await?;
         let mut handled = 0;
+        // Claimed, waiting for a slot, with the instant the claim lapses.
+        let mut queue: VecDeque<(ClaimedMessage, DateTime<Utc>)> = VecDeque::new();
+        let mut sending: JoinSet<Finished> = JoinSet::new();
+        // Sent, not yet recorded.
+        let mut finished: Vec<Finished> = Vec::new();
+        let mut write: Option<(Write<'_>, usize)> = None;
+        // Whether the outbox may hold more due messages.
+        let mut more = true;
+        let mut first = true;
         loop {
-            let now = self.clock.now();
-            let batch = self
-                .store
-                .claim_messages(&self.worker, now, now + CLAIM_TTL, BATCH)
-                .await?;
-            if batch.is_empty() {
-                return Ok(handled);
+            while sending.len() < CONCURRENCY
+                && let Some((message, lapses)) = queue.pop_front()
+            {
+                if lapses - self.clock.now() < CLAIM_MARGIN {
+                    tracing::warn!(
+                        message.id = message.id,
+                        "claim about to lapse before a slot freed; left for the next pass"
+                    );
+                    continue;
+                }
+                sending.spawn(send(
+                    Arc::clone(&self.channels),
+                    Arc::clone(&self.clock),
+                    message,
+                ));
             }
-            handled += batch.len();
-            let mut set = JoinSet::new();
-            for msg in batch {
-                let channels = Arc::clone(&self.channels);
-                let clock = Arc::clone(&self.clock);
-                set.spawn(async move {
-                    let result = match msg.payload.as_deref().map(serde_json::from_str::<Payload>) {
-                        Some(Ok(payload)) => channels.send(msg.id, &payload, clock.now()).await,
-                        _ => SendResult::Failed {
-                            provider: "rollcall".into(),
-                            permanent: true,
-                            error: "message payload missing or unreadable".into(),
-                        },
-                    };
-                    (msg, result)
-                });
+            if write.is_none() {
+                let room = if more {
+                    CLAIM_AHEAD.saturating_sub(queue.len() + sending.len())
+                } else {
+                    0
+                };
+                // Claim when fewer than a slot-set wait; record when a batch
+                // has gathered, when nothing more will be claimed, or when
+                // nothing else is in flight. Between, sends go on without a
+                // write, so each commit carries more.
+                let claim = room > 0 && queue.len() < CONCURRENCY;
+                let record = finished.len() >= RECORD_BATCH
+                    || (!finished.is_empty() && (!more || sending.is_empty()));
+                if claim || record {
+                    let batch = std::mem::take(&mut finished);
+                    // The pass's first claim also takes over lapsed claims.
+                    write = Some((Box::pin(self.write(batch, room, first)), room));
+                    first = false;
+                } else if sending.is_empty() && queue.is_empty() {
+                    return Ok(handled);
+                }
             }
-            while let Some(joined) = set.join_next().await {
-                let Ok((msg, result)) = joined else { continue };
-                let retry_after = (msg.attempts < i64::from(self.retry.attempts))
-                    .then(|| backoff_for(&self.retry, msg.id, msg.attempts));
-                if let SendResult::Failed {
-                    error,
-                    permanent,
-                    provider,
-                } = &result
-                {
-                    tracing::warn!(message.id = msg.id, channel.kind = %msg.channel, permanent, error = %error, "send failed");
-                    if *permanent && msg.channel == "sms" {
-                        // An invalid, fixed-line or opted-out number is a
-                        // contact-data finding for the report, not a retry.
-                        self.store
-                            .event(
-                                self.clock.now(),
-                                "contact.finding",
-                                None,
-                                serde_json::json!({
-                                    "message": msg.id,
-                                    "contact": msg.contact_id,
-                                    "channel": msg.channel,
-                                    "provider": provider,
-                                    "error": error,
-                                }),
-                            )
-                            .await?;
-                        if crate::channel::is_opt_out(error) {
-                            self.store
-                                .record_opt_out(
-                                    self.clock.now(),
-                                    &msg.address,
-                                    provider,
-                                    Some(error),
-                                )
-                                .await?;
-                        }
+            tokio::select! {
+                Some(joined) = sending.join_next(), if !sending.is_empty() => {
+                    // A send that panicked stays claimed; its claim lapses and
+                    // it is retried.
+                    if let Ok(done) = joined {
+                        finished.push(done);
                     }
                 }
-                self.store
-                    .finish_message(&msg, &result, self.clock.now(), retry_after)
-                    .await?;
-            }
-            for e in self.channels.drain_provider_events() {
-                let (kind, data) = match &e {
-                    ProviderEvent::FailedOver {
-                        provider,
-                        next,
-                        error,
-                    } => {
-                        tracing::error!(%provider, next = ?next, %error, "SMS provider held open; failing over");
-                        (
-                            "provider.failover",
-                            serde_json::json!({"provider": provider, "next": next, "error": error}),
-                        )
+                claimed = async { write.as_mut().map(|(w, _)| w).expect("a write").await }, if write.is_some() => {
+                    let wanted = write.take().map_or(0, |(_, room)| room);
+                    let (claimed, lapses) = claimed?;
+                    if wanted > 0 {
+                        // Fewer than asked for: nothing more is due now.
+                        more = claimed.len() >= wanted;
                     }
-                    ProviderEvent::Recovered { provider } => {
-                        tracing::info!(%provider, "SMS provider recovered");
-                        (
-                            "provider.recovered",
-                            serde_json::json!({"provider": provider}),
-                        )
-                    }
-                };
-                self.store.event(self.clock.now(), kind, None, data).await?;
+                    handled += claimed.len();
+                    queue.extend(claimed.into_iter().map(|m| (m, lapses)));
+                }
             }
         }
+    }
+
+    /// Records `finished` and claims up to `room` more messages (lapsed
+    /// claims too when `lapsed`); provider events and contact-data findings
+    /// become events.
+    async fn write(
+        &self,
+        mut finished: Vec<Finished>,
+        room: usize,
+        lapsed: bool,
+    ) -> Result<(Vec<ClaimedMessage>, DateTime<Utc>), StoreError> {
+        for f in &mut finished {
+            let SendResult::Failed {
+                error,
+                permanent,
+                provider,
+            } = &f.result
+            else {
+                continue;
+            };
+            let msg = &f.message;
+            tracing::warn!(message.id = msg.id, channel.kind = %msg.channel, permanent, error = %error, "send failed");
+            f.retry_after = (msg.attempts < i64::from(self.retry.attempts))
+                .then(|| backoff_for(&self.retry, msg.id, msg.attempts));
+            if *permanent && msg.channel == "sms" {
+                // An invalid, fixed-line or opted-out number is a
+                // contact-data finding for the report, not a retry.
+                self.store
+                    .event(
+                        self.clock.now(),
+                        "contact.finding",
+                        None,
+                        serde_json::json!({
+                            "message": msg.id,
+                            "contact": msg.contact_id,
+                            "channel": msg.channel,
+                            "provider": provider,
+                            "error": error,
+                        }),
+                    )
+                    .await?;
+                if crate::channel::is_opt_out(error) {
+                    self.store
+                        .record_opt_out(self.clock.now(), &msg.address, provider, Some(error))
+                        .await?;
+                }
+            }
+        }
+        let now = self.clock.now();
+        let until = now + CLAIM_TTL;
+        let claimed = self
+            .store
+            .finish_and_claim(
+                &finished,
+                &Claim {
+                    worker: &self.worker,
+                    now,
+                    until,
+                    limit: room as i64,
+                    lapsed,
+                },
+            )
+            .await?;
+        for e in self.channels.drain_provider_events() {
+            let (kind, data) = match &e {
+                ProviderEvent::FailedOver {
+                    provider,
+                    next,
+                    error,
+                } => {
+                    tracing::error!(%provider, next = ?next, %error, "SMS provider held open; failing over");
+                    (
+                        "provider.failover",
+                        serde_json::json!({"provider": provider, "next": next, "error": error}),
+                    )
+                }
+                ProviderEvent::Recovered { provider } => {
+                    tracing::info!(%provider, "SMS provider recovered");
+                    (
+                        "provider.recovered",
+                        serde_json::json!({"provider": provider}),
+                    )
+                }
+            };
+            self.store.event(self.clock.now(), kind, None, data).await?;
+        }
+        Ok((claimed, until))
+    }
+}
+
+/// Hands one message to its channel.
+async fn send(channels: Arc<Channels>, clock: SharedClock, message: ClaimedMessage) -> Finished {
+    let result = match message
+        .payload
+        .as_deref()
+        .map(serde_json::from_str::<Payload>)
+    {
+        Some(Ok(payload)) => channels.send(message.id, &payload, clock.now()).await,
+        _ => SendResult::Failed {
+            provider: "rollcall".into(),
+            permanent: true,
+            error: "message payload missing or unreadable".into(),
+        },
+    };
+    Finished {
+        message,
+        result,
+        at: clock.now(),
+        retry_after: None,
     }
 }
 

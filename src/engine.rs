@@ -131,6 +131,16 @@ impl Engine {
         Ok(roster)
     }
 
+    /// Reads the current roster ahead of the first round, as the daemon
+    /// does when it starts: a round of thousands of contacts otherwise pays
+    /// for parsing it (tens of milliseconds) between T0 and its first send.
+    pub async fn prepare(&self) -> Result<(), EngineError> {
+        if let Some(version) = self.store.latest_roster_version().await? {
+            self.roster(version).await?;
+        }
+        Ok(())
+    }
+
     async fn schedule_of(&self, exercise: &str) -> Result<Schedule, EngineError> {
         let row = self
             .store

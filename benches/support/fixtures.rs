@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, NaiveDate, NaiveTime, TimeDelta, Utc};
 use rollcall::domain::calendar::OfficeHours;
-use rollcall::domain::contacts::{Contact, Department, Role, Roster};
+use rollcall::domain::contacts::{Contact, Department, Role, Roster, Webhook};
 use rollcall::domain::schedule::{
     AckPolicy, CalendarSpec, HolidaySource, Marker, Notice, RoundSpec, Schedule, Step, Targets,
 };
@@ -135,4 +135,66 @@ pub fn random_block(count: u32, buckets: &[&str], min_gap_secs: i64, seed: u64) 
         min_gap_secs,
         seed,
     }
+}
+
+/// `departments` departments (`D0001`, `D0002`, ...) of `per_department`
+/// contacts each, every one reachable by SMS, email and webhook: the first
+/// is the primary, the others alternate between alternate and duty, and
+/// every fifth contact reads Chinese (UCS-2 SMS, a Chinese email). Webhooks
+/// go to `{webhook_base}/hooks/<department>`, signed with the configured
+/// default secret.
+pub fn reachable_roster(departments: usize, per_department: usize, webhook_base: &str) -> Roster {
+    let mut serial = 0u32;
+    let departments = (1..=departments)
+        .map(|n| {
+            let code = DepartmentCode::parse(&format!("D{n:04}")).expect("valid code");
+            let lower = code.as_str().to_lowercase();
+            let contacts = (0..per_department)
+                .map(|k| {
+                    serial += 1;
+                    let role = match k {
+                        0 => Role::Primary,
+                        k if k % 2 == 1 => Role::Alternate,
+                        _ => Role::Duty,
+                    };
+                    let id = format!("{lower}-c{k}");
+                    Contact {
+                        id: ContactId::parse(&id).expect("valid id"),
+                        department: code.clone(),
+                        name: format!("{} contact {k}", code),
+                        post: None,
+                        role,
+                        // 912x xxxx is a Hong Kong mobile range.
+                        sms: Some(
+                            PhoneE164::parse(&format!("+852 912{serial:05}"))
+                                .expect("valid mobile"),
+                        ),
+                        email: Some(
+                            EmailAddress::parse(&format!("{id}@{lower}.example"))
+                                .expect("valid email"),
+                        ),
+                        webhook: Some(Webhook {
+                            url: format!("{webhook_base}/hooks/{lower}"),
+                            secret_env: None,
+                        }),
+                        lang: if serial.is_multiple_of(5) {
+                            Lang::Zh
+                        } else {
+                            Lang::En
+                        },
+                        last_verified: None,
+                    }
+                })
+                .collect();
+            Department {
+                office_hours: None,
+                file: format!("{lower}.yaml"),
+                name_en: format!("Department {n}"),
+                name_zh: None,
+                code,
+                contacts,
+            }
+        })
+        .collect();
+    Roster { departments }
 }

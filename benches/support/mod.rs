@@ -165,3 +165,18 @@ impl fmt::Display for Human {
         f.pad(&text)
     }
 }
+
+/// CPU time (user + system) this process has used so far, from
+/// `/proc/self/stat`; `None` where that file does not exist.
+#[allow(dead_code, reason = "not every bench reads it")]
+pub fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold
+    // spaces): utime and stime are the 12th and 13th of them.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // The kernel reports clock ticks, 100 a second on Linux.
+    Some(Duration::from_millis((utime + stime) * 10))
+}

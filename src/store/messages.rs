@@ -1,5 +1,7 @@
 //! Fan-out, the outbox, escalation, acks and finalisation.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::domain::status::{NotificationFacts, status_at};
@@ -8,6 +10,32 @@ use super::{
     AckOutcome, ClaimedMessage, DueNotification, NewNotification, NewOutcome, OpenNotification,
     ReportRow, Result, SendResult, Store, StoreError, TokenInfo, WritePool, from_ms, ms,
 };
+
+/// What the channel said about one claimed message, for
+/// [`Store::finish_and_claim`].
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub message: ClaimedMessage,
+    pub result: SendResult,
+    /// When the channel answered.
+    pub at: DateTime<Utc>,
+    /// For a transient failure: how long until the next attempt, if any
+    /// attempts remain.
+    pub retry_after: Option<TimeDelta>,
+}
+
+/// Up to `limit` due messages for `worker`, claimed at `now` until `until`.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub worker: &'a str,
+    pub now: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub limit: i64,
+    /// Whether to look for lapsed claims (a crashed sender's `sending`
+    /// rows) before pending messages. They only appear a claim's lifetime
+    /// after a crash, so a sender looks once per pass, not on every claim.
+    pub lapsed: bool,
+}
 
 /// The instants a notification is measured against.
 #[derive(Debug, Clone, Copy)]
@@ -22,28 +50,82 @@ fn unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
-/// Inserts one outcome and its messages inside a transaction.
-macro_rules! insert_outcome {
-    ($tx:expr, $nid:expr, $o:expr, $now:expr, $roster:expr) => {{
-        let o: &NewOutcome = $o;
-        let oid: i64 = sqlx::query_scalar(
-            "INSERT INTO outcomes (notification_id, contact_id, role, code, token_digest, token_expires_at, step, notified_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-        )
-        .bind($nid).bind(&o.contact_id).bind(&o.role).bind(&o.code).bind(&o.token_digest)
-        .bind(ms(o.token_expires_at)).bind(o.step).bind(ms($now))
-        .fetch_one(&mut *$tx).await?;
-        for m in &o.messages {
-            let finished = (m.state != "pending").then(|| ms($now));
-            sqlx::query(
+/// Rows per multi-row `INSERT` (a message row binds 13 values): far inside
+/// SQLite's and PostgreSQL's limits on bound parameters, and few enough
+/// statements that a round of thousands of messages is written in a few
+/// dozen round trips to the database instead of one per row.
+const INSERT_ROWS: usize = 500;
+
+/// A fan-out of at least this many messages refreshes PostgreSQL's
+/// statistics of the outbox tables (see [`Store::fire_round`]).
+const ANALYZE_AFTER: usize = 1_000;
+
+/// A query builder for the transaction's database.
+fn builder<DB: sqlx::Database>(_: &sqlx::Transaction<'_, DB>, sql: &str) -> sqlx::QueryBuilder<DB>
+where
+    DB::Arguments: Default,
+{
+    sqlx::QueryBuilder::new(sql)
+}
+
+/// Inserts outcomes (each with its notification id) and their messages
+/// inside a transaction, a chunk of rows per statement.
+macro_rules! insert_outcomes {
+    ($tx:expr, $items:expr, $now:expr, $roster:expr) => {{
+        let items: &[(i64, &NewOutcome)] = $items;
+        let now_ms = ms($now);
+        let roster: i64 = $roster;
+        let mut outcome_ids: HashMap<(i64, String), i64> = HashMap::with_capacity(items.len());
+        for chunk in items.chunks(INSERT_ROWS) {
+            let mut q = builder(
+                &$tx,
+                "INSERT INTO outcomes (notification_id, contact_id, role, code, token_digest, token_expires_at, step, notified_at) ",
+            );
+            q.push_values(chunk, |mut row, (nid, o)| {
+                row.push_bind(*nid)
+                    .push_bind(o.contact_id.as_str())
+                    .push_bind(o.role.as_str())
+                    .push_bind(o.code.as_str())
+                    .push_bind(o.token_digest.as_str())
+                    .push_bind(ms(o.token_expires_at))
+                    .push_bind(o.step)
+                    .push_bind(now_ms);
+            });
+            q.push(" RETURNING id, notification_id, contact_id");
+            let rows: Vec<(i64, i64, String)> = q.build_query_as().fetch_all(&mut *$tx).await?;
+            outcome_ids.extend(rows.into_iter().map(|(id, nid, contact)| ((nid, contact), id)));
+        }
+        let mut messages = Vec::with_capacity(items.len() * 3);
+        for (nid, o) in items {
+            let oid = outcome_ids
+                .get(&(*nid, o.contact_id.clone()))
+                .copied()
+                .ok_or_else(|| sqlx::Error::Protocol(format!("no id came back for outcome {}", o.contact_id)))?;
+            messages.extend(o.messages.iter().map(|m| (*nid, oid, *o, m)));
+        }
+        for chunk in messages.chunks(INSERT_ROWS) {
+            let mut q = builder(
+                &$tx,
                 "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, roster_version, step, state, \
-                 state_reason, payload, created_at, due_at, expires_at, finished_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, $10, $11, $12)",
-            )
-            .bind($nid).bind(oid).bind(&o.contact_id).bind(&m.channel).bind(&m.address).bind($roster)
-            .bind(o.step).bind(m.state).bind((m.state == "pending").then_some(&m.payload))
-            .bind(ms($now)).bind(ms(m.expires_at)).bind(finished)
-            .execute(&mut *$tx).await?;
+                 payload, created_at, due_at, expires_at, finished_at) ",
+            );
+            q.push_values(chunk, |mut row, (nid, oid, o, m)| {
+                let pending = m.state == "pending";
+                row.push_bind(*nid)
+                    .push_bind(*oid)
+                    .push_bind(o.contact_id.as_str())
+                    .push_bind(m.channel.as_str())
+                    .push_bind(m.address.as_str())
+                    .push_bind(roster)
+                    .push_bind(o.step)
+                    .push_bind(m.state)
+                    .push_bind(pending.then_some(m.payload.as_str()))
+                    .push_bind(now_ms)
+                    .push_bind(now_ms)
+                    .push_bind(ms(m.expires_at))
+                    .push_bind((!pending).then_some(now_ms));
+            });
+            q.build().execute(&mut *$tx).await?;
         }
     }};
 }
@@ -81,23 +163,59 @@ impl Store {
                 if updated.rows_affected() != 1 {
                     return Ok(false);
                 }
-                for n in notifications {
-                    let nid: i64 = sqlx::query_scalar(
-                        "INSERT INTO notifications (round_id, department, status, step, fired_at, target_at, deadline_at, final_at) \
-                         VALUES ($1, $2, 'open', 1, $3, $4, $5, $6) RETURNING id",
-                    )
-                    .bind(round_id).bind(&n.department).bind(ms(clock.fired_at)).bind(ms(clock.target_at))
-                    .bind(ms(clock.deadline_at)).bind(ms(clock.final_at))
-                    .fetch_one(&mut *tx).await?;
-                    for o in &n.outcomes {
-                        insert_outcome!(tx, nid, o, now, roster_version);
-                    }
+                let mut notification_ids: HashMap<String, i64> = HashMap::with_capacity(notifications.len());
+                for chunk in notifications.chunks(INSERT_ROWS) {
+                    let mut q = builder(
+                        &tx,
+                        "INSERT INTO notifications (round_id, department, status, step, fired_at, target_at, deadline_at, final_at) ",
+                    );
+                    q.push_values(chunk, |mut row, n| {
+                        row.push_bind(round_id)
+                            .push_bind(n.department.as_str())
+                            .push_bind("open")
+                            .push_bind(1_i64)
+                            .push_bind(ms(clock.fired_at))
+                            .push_bind(ms(clock.target_at))
+                            .push_bind(ms(clock.deadline_at))
+                            .push_bind(ms(clock.final_at));
+                    });
+                    q.push(" RETURNING id, department");
+                    let rows: Vec<(i64, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
+                    notification_ids.extend(rows.into_iter().map(|(id, department)| (department, id)));
                 }
+                let mut outcomes = Vec::new();
+                for n in notifications {
+                    let nid = notification_ids.get(&n.department).copied().ok_or_else(|| {
+                        sqlx::Error::Protocol(format!("no id came back for notification {}", n.department))
+                    })?;
+                    outcomes.extend(n.outcomes.iter().map(|o| (nid, o)));
+                }
+                insert_outcomes!(tx, &outcomes, now, roster_version);
                 tx.commit().await?;
                 Ok::<bool, sqlx::Error>(true)
             }
             .await
         });
+        if let (Ok(true), Store::Postgres(p)) = (&outcome, self) {
+            let messages: usize = notifications
+                .iter()
+                .flat_map(|n| &n.outcomes)
+                .map(|o| o.messages.len())
+                .sum();
+            if messages >= ANALYZE_AFTER {
+                // A large fan-out can change the outbox's size by orders of
+                // magnitude; without fresh statistics PostgreSQL may plan the
+                // claims as if the tables were still empty (a nested loop over
+                // every department per claim). The round is already committed,
+                // so a failure here only costs speed.
+                if let Err(e) = sqlx::query("ANALYZE messages, outcomes, notifications")
+                    .execute(p)
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not refresh the outbox statistics");
+                }
+            }
+        }
         match outcome {
             Ok(fired) => Ok(fired),
             Err(e) if unique_violation(&e) => {
@@ -130,9 +248,9 @@ impl Store {
                 if updated.rows_affected() != 1 {
                     return Ok(false);
                 }
-                for o in outcomes {
-                    insert_outcome!(tx, notification_id, o, now, roster_version);
-                }
+                let outcomes: Vec<(i64, &NewOutcome)> =
+                    outcomes.iter().map(|o| (notification_id, o)).collect();
+                insert_outcomes!(tx, &outcomes, now, roster_version);
                 tx.commit().await?;
                 Ok::<bool, sqlx::Error>(true)
             }
@@ -178,6 +296,24 @@ impl Store {
         claim_until: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<ClaimedMessage>> {
+        self.sweep_outbox(now).await?;
+        self.finish_and_claim(
+            &[],
+            &Claim {
+                worker,
+                now,
+                until: claim_until,
+                limit,
+                lapsed: true,
+            },
+        )
+        .await
+    }
+
+    /// Settles what can no longer go out: pending messages (and lapsed
+    /// claims) at or past their deadline become `expired`, and lapsed claims
+    /// of a department that has acked since become `cancelled`.
+    pub async fn sweep_outbox(&self, now: DateTime<Utc>) -> Result<()> {
         const EXPIRE: &str = "UPDATE messages SET state = 'expired', state_reason = 'deadline passed before sending', \
              payload = NULL, finished_at = $1, claimed_by = NULL, claim_expires_at = NULL \
              WHERE (state = 'pending' OR (state = 'sending' AND claim_expires_at < $1)) AND expires_at <= $1";
@@ -187,46 +323,15 @@ impl Store {
              finished_at = $1, claimed_by = NULL, claim_expires_at = NULL \
              WHERE state = 'sending' AND claim_expires_at < $1 \
              AND notification_id IN (SELECT id FROM notifications WHERE acked_at IS NOT NULL)";
-        const CLAIMABLE: &str = "SELECT m.id FROM messages m JOIN notifications n ON n.id = m.notification_id \
-             WHERE ((m.state = 'pending' AND m.due_at <= $3) OR (m.state = 'sending' AND m.claim_expires_at < $3)) \
-             AND n.status IN ('open', 'escalated') AND n.acked_at IS NULL ORDER BY m.due_at, m.id LIMIT $4";
-        const RETURNING: &str = " RETURNING id, notification_id, contact_id, channel, address, payload, attempts, expires_at";
-        let sqlite_claim = format!(
-            "UPDATE messages SET state = 'sending', claimed_by = $1, claim_expires_at = $2, attempts = attempts + 1 \
-             WHERE id IN ({CLAIMABLE}){RETURNING}"
-        );
-        let pg_claim = format!(
-            "UPDATE messages SET state = 'sending', claimed_by = $1, claim_expires_at = $2, attempts = attempts + 1 \
-             WHERE id IN ({CLAIMABLE} FOR UPDATE OF m SKIP LOCKED){RETURNING}"
-        );
-        for sweep in [EXPIRE, CANCEL_ACKED] {
-            on_db!(self, |p| sqlx::query(sweep)
-                .bind(ms(now))
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected()))?;
-        }
-        let rows: Vec<ClaimedMessage> = match self {
-            Store::Sqlite(p) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(sqlite_claim))
-                    .bind(worker)
-                    .bind(ms(claim_until))
-                    .bind(ms(now))
-                    .bind(limit)
-                    .fetch_all(p)
-                    .await?
+        on_db!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            for sweep in [EXPIRE, CANCEL_ACKED] {
+                sqlx::query(sweep).bind(ms(now)).execute(&mut *tx).await?;
             }
-            Store::Postgres(p) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(pg_claim))
-                    .bind(worker)
-                    .bind(ms(claim_until))
-                    .bind(ms(now))
-                    .bind(limit)
-                    .fetch_all(p)
-                    .await?
-            }
-        };
-        Ok(rows)
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(())
+        })?;
+        Ok(())
     }
 
     /// Records what the channel said about a claimed message. A transient
@@ -238,127 +343,249 @@ impl Store {
         now: DateTime<Utc>,
         retry_after: Option<TimeDelta>,
     ) -> Result<()> {
-        match result {
-            SendResult::Accepted {
-                provider,
-                provider_ref,
-            } => {
-                on_db!(self, |p| {
-                    let mut tx = p.begin_write().await?;
-                    sqlx::query(
-                        "UPDATE messages SET state = 'accepted', accepted_at = $1, provider = $2, provider_ref = $3, \
-                         payload = NULL, claimed_by = NULL, claim_expires_at = NULL, last_error = NULL WHERE id = $4",
-                    )
-                    .bind(ms(now)).bind(provider).bind(provider_ref).bind(message.id)
-                    .execute(&mut *tx).await?;
-                    sqlx::query("UPDATE outcomes SET accepted_at = COALESCE(accepted_at, $1) WHERE id = (SELECT outcome_id FROM messages WHERE id = $2)")
-                        .bind(ms(now)).bind(message.id)
-                        .execute(&mut *tx).await?;
-                    tx.commit().await?;
-                    Ok::<_, sqlx::Error>(())
-                })?;
-            }
-            SendResult::Failed {
-                provider,
-                permanent,
-                error,
-            } => {
-                let expires_at = from_ms(message.expires_at);
-                let retry_at = match (permanent, retry_after) {
-                    (false, Some(after)) => Some(now + after),
-                    _ => None,
-                };
-                match retry_at {
-                    // A retry that would land after the deadline is never
-                    // sent: the message is `expired`, not sent late.
-                    Some(at) if at >= expires_at => {
-                        self.expire_message(message.id, provider, error, now)
-                            .await?;
-                    }
-                    Some(at) => {
-                        const Q: &str = "UPDATE messages SET state = 'pending', due_at = $1, provider = $2, last_error = $3, \
-                             claimed_by = NULL, claim_expires_at = NULL WHERE id = $4";
-                        on_db!(self, |p| sqlx::query(Q)
-                            .bind(ms(at))
-                            .bind(provider)
-                            .bind(error)
-                            .bind(message.id)
-                            .execute(p)
-                            .await
-                            .map(|r| r.rows_affected()))?;
-                    }
-                    None => {
-                        let reason = if *permanent { "permanent" } else { "transient" };
-                        const Q: &str = "UPDATE messages SET state = 'failed', state_reason = $1, provider = $2, last_error = $3, \
-                             payload = NULL, finished_at = $4, claimed_by = NULL, claim_expires_at = NULL WHERE id = $5";
-                        on_db!(self, |p| sqlx::query(Q)
-                            .bind(reason)
-                            .bind(provider)
-                            .bind(error)
-                            .bind(ms(now))
-                            .bind(message.id)
-                            .execute(p)
-                            .await
-                            .map(|r| r.rows_affected()))?;
-                    }
-                }
-            }
-            SendResult::Deferred { until } => {
-                if *until >= from_ms(message.expires_at) {
-                    self.expire_message(
-                        message.id,
-                        "pacing",
-                        "the provider's rate would send it after the deadline",
-                        now,
-                    )
-                    .await?;
-                } else {
-                    // Paced, not attempted: the claim's attempt is given back.
-                    const Q: &str = "UPDATE messages SET state = 'pending', due_at = $1, attempts = attempts - 1, \
-                         claimed_by = NULL, claim_expires_at = NULL WHERE id = $2 AND state = 'sending'";
-                    on_db!(self, |p| sqlx::query(Q)
-                        .bind(ms(*until))
-                        .bind(message.id)
-                        .execute(p)
-                        .await
-                        .map(|r| r.rows_affected()))?;
-                }
-            }
-            SendResult::NotConfigured => {
-                const Q: &str = "UPDATE messages SET state = 'not_configured', state_reason = 'no provider configured for this channel', \
-                     payload = NULL, finished_at = $1, claimed_by = NULL, claim_expires_at = NULL WHERE id = $2";
-                on_db!(self, |p| sqlx::query(Q)
-                    .bind(ms(now))
-                    .bind(message.id)
-                    .execute(p)
-                    .await
-                    .map(|r| r.rows_affected()))?;
-            }
-        }
+        let finished = Finished {
+            message: message.clone(),
+            result: result.clone(),
+            at: now,
+            retry_after,
+        };
+        self.finish_and_claim(
+            &[finished],
+            &Claim {
+                worker: "",
+                now,
+                until: now,
+                limit: 0,
+                lapsed: false,
+            },
+        )
+        .await?;
         Ok(())
     }
 
-    /// Marks a claimed message `expired`: it could not go out before its
-    /// deadline.
-    async fn expire_message(
+    /// Records every message in `finished` (as [`Store::finish_message`]
+    /// would, one by one) and claims up to `claim.limit` due messages, all in
+    /// one write transaction: a dispatcher pays one durable commit per batch
+    /// of sends instead of one per message. Lapsed claims (when
+    /// `claim.lapsed`) are taken first, then pending messages in due order.
+    /// A message at or past its deadline, or an SMS to a number that opted
+    /// out, is never claimed ([`Store::sweep_outbox`] marks the first
+    /// `expired`, [`Store::cancel_opted_out`] the second `cancelled`).
+    pub async fn finish_and_claim(
         &self,
-        id: i64,
-        provider: &str,
-        error: &str,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        const Q: &str = "UPDATE messages SET state = 'expired', \
-             state_reason = 'retries would run past the deadline', provider = $1, last_error = $2, \
-             payload = NULL, finished_at = $3, claimed_by = NULL, claim_expires_at = NULL WHERE id = $4";
-        on_db!(self, |p| sqlx::query(Q)
-            .bind(provider)
-            .bind(error)
-            .bind(ms(now))
-            .bind(id)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))?;
-        Ok(())
+        finished: &[Finished],
+        claim: &Claim<'_>,
+    ) -> Result<Vec<ClaimedMessage>> {
+        /// Claims rows matching a condition on `m`, oldest due first.
+        macro_rules! claim_sql {
+            ($which:literal, $lock:literal) => {
+                concat!(
+                    "UPDATE messages SET state = 'sending', claimed_by = $1, claim_expires_at = $2, attempts = attempts + 1 \
+                     WHERE id IN (SELECT m.id FROM messages m JOIN notifications n ON n.id = m.notification_id WHERE ",
+                    $which,
+                    " AND m.expires_at > $3 AND n.status IN ('open', 'escalated') AND n.acked_at IS NULL \
+                     AND NOT (m.channel = 'sms' AND EXISTS (SELECT 1 FROM opt_outs o WHERE o.address = m.address)) \
+                     ORDER BY m.due_at, m.id LIMIT $4",
+                    $lock,
+                    ") RETURNING id, notification_id, outcome_id, contact_id, channel, address, payload, attempts, expires_at"
+                )
+            };
+        }
+        // Two claims, each walking the (state, due_at) index in order, rather
+        // than one over both states that must sort every due row to find
+        // the first few.
+        const SQLITE_CLAIMS: [&str; 2] = [
+            claim_sql!("m.state = 'sending' AND m.claim_expires_at < $3", ""),
+            claim_sql!("m.state = 'pending' AND m.due_at <= $3", ""),
+        ];
+        const PG_CLAIMS: [&str; 2] = [
+            claim_sql!(
+                "m.state = 'sending' AND m.claim_expires_at < $3",
+                " FOR UPDATE OF m SKIP LOCKED"
+            ),
+            claim_sql!(
+                "m.state = 'pending' AND m.due_at <= $3",
+                " FOR UPDATE OF m SKIP LOCKED"
+            ),
+        ];
+        // Accepted messages (nearly all of them) are written by two
+        // statements per batch, from a JSON array of
+        // `{id, outcome_id, at_ms, provider, provider_ref}`.
+        const SQLITE_ACCEPT: &str = "UPDATE messages SET state = 'accepted', accepted_at = j.at_ms, provider = j.provider, \
+             provider_ref = j.provider_ref, payload = NULL, claimed_by = NULL, claim_expires_at = NULL, last_error = NULL \
+             FROM (SELECT value ->> 'id' AS id, value ->> 'at_ms' AS at_ms, value ->> 'provider' AS provider, \
+                   value ->> 'provider_ref' AS provider_ref FROM json_each($1)) AS j \
+             WHERE messages.id = j.id";
+        const SQLITE_ACCEPT_OUTCOMES: &str = "UPDATE outcomes SET accepted_at = COALESCE(outcomes.accepted_at, j.at_ms) \
+             FROM (SELECT value ->> 'outcome_id' AS id, MIN(value ->> 'at_ms') AS at_ms FROM json_each($1) \
+                   GROUP BY value ->> 'outcome_id') AS j \
+             WHERE outcomes.id = j.id";
+        const PG_ACCEPT: &str = "UPDATE messages SET state = 'accepted', accepted_at = j.at_ms, provider = j.provider, \
+             provider_ref = j.provider_ref, payload = NULL, claimed_by = NULL, claim_expires_at = NULL, last_error = NULL \
+             FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, at_ms bigint, provider text, provider_ref text) \
+             WHERE messages.id = j.id";
+        const PG_ACCEPT_OUTCOMES: &str = "UPDATE outcomes SET accepted_at = COALESCE(outcomes.accepted_at, j.at_ms) \
+             FROM (SELECT r.outcome_id AS id, MIN(r.at_ms) AS at_ms \
+                   FROM jsonb_to_recordset($1::jsonb) AS r(outcome_id bigint, at_ms bigint) \
+                   GROUP BY r.outcome_id) AS j \
+             WHERE outcomes.id = j.id";
+        const RETRY: &str = "UPDATE messages SET state = 'pending', due_at = $1, provider = $2, last_error = $3, \
+             claimed_by = NULL, claim_expires_at = NULL WHERE id = $4";
+        const FAIL: &str = "UPDATE messages SET state = 'failed', state_reason = $1, provider = $2, last_error = $3, \
+             payload = NULL, finished_at = $4, claimed_by = NULL, claim_expires_at = NULL WHERE id = $5";
+        const EXPIRE: &str = "UPDATE messages SET state = 'expired', state_reason = $1, provider = $2, last_error = $3, \
+             payload = NULL, finished_at = $4, claimed_by = NULL, claim_expires_at = NULL WHERE id = $5";
+        // Paced, not attempted: the claim's attempt is given back.
+        const DEFER: &str = "UPDATE messages SET state = 'pending', due_at = $1, attempts = attempts - 1, \
+             claimed_by = NULL, claim_expires_at = NULL WHERE id = $2 AND state = 'sending'";
+        const NOT_CONFIGURED: &str = "UPDATE messages SET state = 'not_configured', state_reason = 'no provider configured for this channel', \
+             payload = NULL, finished_at = $1, claimed_by = NULL, claim_expires_at = NULL WHERE id = $2";
+        const RETRIES_TOO_LATE: &str = "retries would run past the deadline";
+
+        /// One accepted message, as the bulk statements read it.
+        #[derive(serde::Serialize)]
+        struct Accepted<'a> {
+            id: i64,
+            outcome_id: i64,
+            at_ms: i64,
+            provider: &'a str,
+            provider_ref: Option<&'a str>,
+        }
+        let accepted: Vec<Accepted<'_>> = finished
+            .iter()
+            .filter_map(|f| match &f.result {
+                SendResult::Accepted {
+                    provider,
+                    provider_ref,
+                } => Some(Accepted {
+                    id: f.message.id,
+                    outcome_id: f.message.outcome_id,
+                    at_ms: ms(f.at),
+                    provider,
+                    provider_ref: provider_ref.as_deref(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let accepted = match accepted.as_slice() {
+            [] => None,
+            rows => {
+                Some(serde_json::to_string(rows).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+            }
+        };
+        let (accept, accept_outcomes, claims) = match self {
+            Store::Sqlite(_) => (SQLITE_ACCEPT, SQLITE_ACCEPT_OUTCOMES, SQLITE_CLAIMS),
+            Store::Postgres(_) => (PG_ACCEPT, PG_ACCEPT_OUTCOMES, PG_CLAIMS),
+        };
+        let claimed = on_db!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            if let Some(json) = &accepted {
+                sqlx::query(accept).bind(json).execute(&mut *tx).await?;
+                sqlx::query(accept_outcomes)
+                    .bind(json)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for f in finished {
+                let (id, at) = (f.message.id, ms(f.at));
+                match &f.result {
+                    SendResult::Accepted { .. } => {}
+                    SendResult::Failed {
+                        provider,
+                        permanent,
+                        error,
+                    } => {
+                        let retry_at = match (permanent, f.retry_after) {
+                            (false, Some(after)) => Some(f.at + after),
+                            _ => None,
+                        };
+                        match retry_at {
+                            // A retry that would land after the deadline is
+                            // never sent: the message is `expired`, not sent late.
+                            Some(t) if ms(t) >= f.message.expires_at => {
+                                sqlx::query(EXPIRE)
+                                    .bind(RETRIES_TOO_LATE)
+                                    .bind(provider)
+                                    .bind(error)
+                                    .bind(at)
+                                    .bind(id)
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
+                            Some(t) => {
+                                sqlx::query(RETRY)
+                                    .bind(ms(t))
+                                    .bind(provider)
+                                    .bind(error)
+                                    .bind(id)
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
+                            None => {
+                                let reason = if *permanent { "permanent" } else { "transient" };
+                                sqlx::query(FAIL)
+                                    .bind(reason)
+                                    .bind(provider)
+                                    .bind(error)
+                                    .bind(at)
+                                    .bind(id)
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
+                        }
+                    }
+                    SendResult::Deferred { until } => {
+                        if ms(*until) >= f.message.expires_at {
+                            sqlx::query(EXPIRE)
+                                .bind(RETRIES_TOO_LATE)
+                                .bind("pacing")
+                                .bind("the provider's rate would send it after the deadline")
+                                .bind(at)
+                                .bind(id)
+                                .execute(&mut *tx)
+                                .await?;
+                        } else {
+                            sqlx::query(DEFER)
+                                .bind(ms(*until))
+                                .bind(id)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                    }
+                    SendResult::NotConfigured => {
+                        sqlx::query(NOT_CONFIGURED)
+                            .bind(at)
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+            }
+            let mut claimed: Vec<ClaimedMessage> = Vec::new();
+            let [lapsed, due] = claims;
+            let claims = if claim.lapsed {
+                vec![lapsed, due]
+            } else {
+                vec![due]
+            };
+            for sql in claims {
+                let room = claim.limit - claimed.len() as i64;
+                if room <= 0 {
+                    break;
+                }
+                let rows: Vec<ClaimedMessage> = sqlx::query_as(sql)
+                    .bind(claim.worker)
+                    .bind(ms(claim.until))
+                    .bind(ms(claim.now))
+                    .bind(room)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                claimed.extend(rows);
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(claimed)
+        })?;
+        Ok(claimed)
     }
 
     /// The earliest instant something in the outbox becomes due.

@@ -52,7 +52,7 @@ use sqlx::sqlite::{
 };
 
 pub use exercises::LoadResult;
-pub use messages::Clockwork;
+pub use messages::{Claim, Clockwork, Finished};
 pub use notices::{NewNotice, NoticeRow};
 pub use opt_outs::OptOut;
 pub use receipts::{
@@ -127,7 +127,8 @@ impl Store {
                     SqliteSynchronous::Off
                 })
                 .foreign_keys(true)
-                .busy_timeout(Duration::from_secs(10));
+                .busy_timeout(Duration::from_secs(10))
+                .pragma("cache_size", "-65536");
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .connect_with(opts)
@@ -139,7 +140,9 @@ impl Store {
             }
             Ok(store)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            let opts = PgConnectOptions::from_str(url)?;
+            // The store runs short, indexed statements; JIT compiling one
+            // that the planner overestimates costs more than it saves.
+            let opts = PgConnectOptions::from_str(url)?.options([("jit", "off")]);
             let pool = PgPoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(Duration::from_secs(10))

@@ -97,6 +97,7 @@ pub struct NewMessage {
 pub struct ClaimedMessage {
     pub id: i64,
     pub notification_id: i64,
+    pub outcome_id: i64,
     pub contact_id: String,
     pub channel: String,
     pub address: String,

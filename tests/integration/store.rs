@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::str::FromStr;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use rollcall::domain::codes::{CODE_ALPHABET, LinkToken, sha256_hex};
@@ -2382,8 +2383,8 @@ async fn both_backends_migrate_to_the_same_tables_columns_and_unique_keys() {
     pg.drop().await;
 }
 
-/// PRODUCT.md §6's outbox rules hold in the schema itself (constraints on
-/// PostgreSQL, triggers on SQLite): a write that breaks one is refused with
+/// PRODUCT.md §6's outbox rules hold in the schema itself (named CHECK
+/// constraints on both backends): a write that breaks one is refused with
 /// the rule's name and changes nothing, whichever code issued it.
 async fn the_schema_refuses_outbox_rows_whose_state_and_fields_disagree(store: &Store) {
     let v = running_exercise(store, EX, &[("R01", 0)]).await;
@@ -2559,4 +2560,106 @@ async fn sms_to_a_number_that_opted_out_are_cancelled_until_it_opts_back_in(stor
     assert!(!store.opt_in(&dpo_sms).await.unwrap());
     assert!(store.opt_outs().await.unwrap().is_empty());
     assert_eq!(store.cancel_opted_out(at(4)).await.unwrap(), 0);
+}
+
+/// Migration 0007 rebuilds SQLite's `messages` table to hold the outbox rules
+/// as CHECK constraints. A database written before it keeps every message
+/// exactly, its receipts still point at them, ids go on from where they
+/// were, and the rules still hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_written_before_the_rules_became_constraints_survives_the_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let opts = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+        .unwrap()
+        .create_if_missing(true)
+        .foreign_keys(true);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+    sqlx::migrate!("migrations/sqlite")
+        .run_to(6, &pool)
+        .await
+        .unwrap();
+    for sql in [
+        "INSERT INTO roster_versions (loaded_at, digest, roster_json) VALUES (1, 'd', '{}')",
+        "INSERT INTO exercises (id, title, schedule_json, schedule_digest, roster_version, state, loaded_at) \
+         VALUES ('ex', 'Drill', '{}', 'd', 1, 'running', 1)",
+        "INSERT INTO rounds (exercise_id, label, slot, planned_at, fired_at, state) VALUES ('ex', 'R01', 's1', 2, 2, 'fired')",
+        "INSERT INTO notifications (round_id, department, status, fired_at, target_at, deadline_at, final_at) \
+         VALUES (1, 'DPO', 'open', 2, 3, 4, 5)",
+        "INSERT INTO outcomes (notification_id, contact_id, role, code, token_digest, token_expires_at, step, notified_at) \
+         VALUES (1, 'dpo-1', 'primary', 'ABCDE', 'digest', 9, 1, 2)",
+        "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, roster_version, step, state, \
+         payload, created_at, due_at, expires_at) \
+         VALUES (1, 1, 'dpo-1', 'sms', '+85291234567', 1, 1, 'pending', '{\"kind\":\"sms\"}', 2, 2, 4)",
+        "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, roster_version, step, state, \
+         created_at, due_at, expires_at, attempts, provider, provider_ref, accepted_at) \
+         VALUES (1, 1, 'dpo-1', 'email', 'dpo@example.gov.hk', 1, 1, 'accepted', 2, 2, 4, 1, 'smtp', '<1@x>', 3)",
+        "INSERT INTO receipts (received_at, provider, provider_ref, message_id, status, effect) \
+         VALUES (3, 'smtp', '<1@x>', 2, 'sent', 'applied')",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    const ROWS: &str = "SELECT id, state, channel, address, payload, attempts, provider, provider_ref, accepted_at \
+         FROM messages ORDER BY id";
+    type Row = (
+        i64,
+        String,
+        String,
+        String,
+        Option<String>,
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+    );
+    let before: Vec<Row> = sqlx::query_as(ROWS).fetch_all(&pool).await.unwrap();
+    pool.close().await;
+
+    let store = Store::connect(&url).await.unwrap();
+    store.check_schema().await.unwrap();
+    let Store::Sqlite(p) = &store else {
+        unreachable!()
+    };
+    let after: Vec<Row> = sqlx::query_as(ROWS).fetch_all(p).await.unwrap();
+    assert_eq!(after, before, "every message is kept as it was");
+    let receipt: (i64, String) = sqlx::query_as(
+        "SELECT m.id, m.channel FROM receipts r JOIN messages m ON m.id = r.message_id",
+    )
+    .fetch_one(p)
+    .await
+    .unwrap();
+    assert_eq!(
+        receipt,
+        (2, "email".to_owned()),
+        "the receipt still names its message"
+    );
+    let broken: Vec<(String,)> = sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
+        .fetch_all(p)
+        .await
+        .unwrap();
+    assert!(
+        broken.is_empty(),
+        "references broken by the rebuild: {broken:?}"
+    );
+    let refused = sqlx::query("UPDATE messages SET state = 'expired' WHERE id = 1")
+        .execute(p)
+        .await
+        .expect_err("a final state without its finish time is refused");
+    assert!(
+        refused.to_string().contains("messages_finished_when_final"),
+        "{refused}"
+    );
+    let next: i64 = sqlx::query_scalar(
+        "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, roster_version, step, state, \
+         payload, created_at, due_at, expires_at) \
+         VALUES (1, 1, 'dpo-1', 'webhook', 'https://dpo.example/hook', 1, 1, 'pending', '{}', 2, 2, 4) RETURNING id",
+    )
+    .fetch_one(p)
+    .await
+    .unwrap();
+    assert_eq!(next, 3, "ids continue after the rebuilt table's last one");
+    store.close().await;
 }
