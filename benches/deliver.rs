@@ -1079,7 +1079,7 @@ fn verdicts(o: &Outcome) -> bool {
     let share = delivered / bare;
     println!(
         "{}: delivery {:.0} messages/s (p99 run {:.0}/s), bare loop {:.0}/s (p99 run {:.0}/s): \
-         delivery is {:.0}% of the bare loop",
+         delivery is {:.1}% of the bare loop",
         o.backend,
         delivered,
         rate(o.total.p99()),
@@ -1092,7 +1092,7 @@ fn verdicts(o: &Outcome) -> bool {
     let met = share >= MIN_SHARE_OF_BASELINE;
     ok &= met;
     println!(
-        "target {}: at least {:.0}% of the bare loop's throughput: {:.0}%: {}",
+        "target {}: at least {:.0}% of the bare loop's throughput: {:.1}%: {}",
         o.backend,
         MIN_SHARE_OF_BASELINE * 100.0,
         share * 100.0,
