@@ -56,6 +56,39 @@ fn unique_violation(e: &sqlx::Error) -> bool {
 /// dozen round trips to the database instead of one per row.
 const INSERT_ROWS: usize = 500;
 
+/// Bytes of bound values per recording statement on PostgreSQL. sqlx 0.9.0
+/// leaves Nagle's algorithm on (upstream transact-rs/sqlx#4335): a request
+/// larger than the socket's initial send buffer (16 KB on Linux) goes out in
+/// two writes, and the second waits for the server's delayed ACK, about
+/// 40 ms per statement. Results are recorded in requests under this size,
+/// which go out in one. (The fan-out's inserts are left at 500 rows: cut
+/// this small they cost more in round trips and per-statement work than
+/// the stalls they avoid.)
+const PG_STATEMENT_BYTES: usize = 12 * 1024;
+
+/// How much a statement may carry on this store: PostgreSQL's budget, or
+/// no limit but the row count on SQLite (an in-process library).
+fn statement_bytes(store: &Store) -> usize {
+    match store {
+        Store::Sqlite(_) => usize::MAX,
+        Store::Postgres(_) => PG_STATEMENT_BYTES,
+    }
+}
+
+/// Splits `items` into runs of equal length (the last may be shorter): at
+/// most `max_rows`, and few enough that a run of the largest item stays
+/// within `budget` bytes (at least one). Equal runs repeat one statement
+/// text, so PostgreSQL prepares it once.
+fn chunks_within<T>(
+    items: &[T],
+    max_rows: usize,
+    budget: usize,
+    size: impl Fn(&T) -> usize,
+) -> std::slice::Chunks<'_, T> {
+    let largest = items.iter().map(size).max().unwrap_or(1).max(1);
+    items.chunks((budget / largest).clamp(1, max_rows.max(1)))
+}
+
 /// A fan-out of at least this many messages refreshes PostgreSQL's
 /// statistics of the outbox tables (see [`Store::fire_round`]).
 const ANALYZE_AFTER: usize = 1_000;
@@ -467,19 +500,19 @@ impl Store {
                 _ => None,
             })
             .collect();
-        let accepted = match accepted.as_slice() {
-            [] => None,
-            rows => {
-                Some(serde_json::to_string(rows).map_err(|e| StoreError::Corrupt(e.to_string()))?)
-            }
-        };
+        let accepted: Vec<String> =
+            chunks_within(&accepted, usize::MAX, statement_bytes(self), |a| {
+                64 + a.provider.len() + a.provider_ref.map_or(0, str::len)
+            })
+            .map(|rows| serde_json::to_string(rows).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect::<Result<_>>()?;
         let (accept, accept_outcomes, claims) = match self {
             Store::Sqlite(_) => (SQLITE_ACCEPT, SQLITE_ACCEPT_OUTCOMES, SQLITE_CLAIMS),
             Store::Postgres(_) => (PG_ACCEPT, PG_ACCEPT_OUTCOMES, PG_CLAIMS),
         };
         let claimed = on_db!(self, |p| {
             let mut tx = p.begin_write().await?;
-            if let Some(json) = &accepted {
+            for json in &accepted {
                 sqlx::query(accept).bind(json).execute(&mut *tx).await?;
                 sqlx::query(accept_outcomes)
                     .bind(json)
@@ -878,5 +911,30 @@ impl Store {
             .bind(exercise)
             .fetch_all(p)
             .await)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunks_within;
+
+    #[test]
+    fn statements_are_cut_into_equal_runs_by_rows_and_by_the_largest_item() {
+        let sizes = [5, 5, 5, 20, 1, 1, 1, 1];
+        let runs: Vec<&[usize]> = chunks_within(&sizes, 3, 45, |n| *n).collect();
+        assert_eq!(
+            runs,
+            vec![&[5, 5][..], &[5, 20][..], &[1, 1][..], &[1, 1][..]],
+            "two of the largest (20 bytes) fit in 45 bytes, so every run has two"
+        );
+        let by_rows: Vec<&[usize]> = chunks_within(&sizes, 3, usize::MAX, |n| *n).collect();
+        assert_eq!(by_rows, vec![&sizes[..3], &sizes[3..6], &sizes[6..]]);
+        let oversize: Vec<&[usize]> = chunks_within(&sizes, 3, 10, |n| *n).collect();
+        assert_eq!(
+            oversize.len(),
+            sizes.len(),
+            "an item over the budget still goes, alone"
+        );
+        assert_eq!(chunks_within(&[] as &[usize], 3, 12, |n| *n).count(), 0);
     }
 }
