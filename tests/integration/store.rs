@@ -2663,3 +2663,149 @@ async fn an_outbox_written_before_the_rules_became_constraints_survives_the_rebu
     assert_eq!(next, 3, "ids continue after the rebuilt table's last one");
     store.close().await;
 }
+
+/// A claimed message that is still waiting for a send slot when its claim is
+/// about to lapse is not sent by this pass: once the claim lapses another
+/// pass (or worker) may take it, so sending it now could send it twice. It
+/// goes out once, after the lapse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_claim_nears_its_lapse_before_a_slot_frees_is_sent_once_later() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use rollcall::channel::Channels;
+    use rollcall::clock::{ManualClock, SharedClock};
+    use rollcall::config::{Config, Secrets};
+    use rollcall::dispatch::{CONCURRENCY, Dispatcher};
+    use rollcall::domain::render::Payload;
+
+    /// Holds every POST until released; keeps each Idempotency-Key.
+    #[derive(Clone)]
+    struct Held {
+        in_flight: Arc<AtomicUsize>,
+        keys: Arc<std::sync::Mutex<Vec<String>>>,
+        release: Arc<tokio::sync::Semaphore>,
+    }
+    async fn hold(State(h): State<Held>, headers: HeaderMap) -> StatusCode {
+        h.in_flight.fetch_add(1, SeqCst);
+        h.release.acquire().await.unwrap().forget();
+        let key = headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        h.keys.lock().unwrap().push(key);
+        h.in_flight.fetch_sub(1, SeqCst);
+        StatusCode::OK
+    }
+    let held = Held {
+        in_flight: Arc::default(),
+        keys: Arc::default(),
+        release: Arc::new(tokio::sync::Semaphore::new(0)),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let router = axum::Router::new()
+        .route("/hook", axum::routing::post(hold))
+        .with_state(held.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(dir.path()).await;
+    let v = running_exercise(&store, EX, &[("R01", 0)]).await;
+    let c = clockwork(at(0));
+    // Six more webhooks than there are send slots.
+    let total = CONCURRENCY + 6;
+    let notifications: Vec<NewNotification> = (0..total as u32)
+        .map(|n| {
+            let dept = format!("W{n:03}");
+            let mut o = outcome(&primary(&dept), "primary", n + 1, 1, c, &[]);
+            o.messages = vec![NewMessage {
+                channel: "webhook".into(),
+                address: url.clone(),
+                payload: serde_json::to_string(&Payload::Webhook {
+                    url: url.clone(),
+                    secret_env: Some("HELD_SECRET".into()),
+                    body: serde_json::json!({ "n": n }),
+                })
+                .unwrap(),
+                state: "pending",
+                expires_at: c.deadline_at,
+            }];
+            NewNotification {
+                department: dept,
+                outcomes: vec![o],
+            }
+        })
+        .collect();
+    fire(&store, EX, "R01", v, c, &notifications).await;
+
+    let cfg = Config {
+        webhook_per_host: total as u32,
+        ..Config::default()
+    };
+    let secrets = Secrets::supplied([("HELD_SECRET".to_owned(), "s".to_owned())]);
+    let clock = ManualClock::new(at(0));
+    let shared: SharedClock = clock.clone();
+    let dispatcher = Arc::new(Dispatcher::new(
+        store.clone(),
+        shared,
+        Arc::new(Channels::from_config(&cfg, secrets).unwrap()),
+        rollcall::daemon::retry_policy(&cfg),
+        "slow".into(),
+    ));
+    let pass = tokio::spawn({
+        let dispatcher = Arc::clone(&dispatcher);
+        async move { dispatcher.dispatch_pending().await }
+    });
+    // Every slot is taken by a send the receiver holds; six wait, claimed.
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while held.in_flight.load(SeqCst) < CONCURRENCY {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("every send slot fills");
+    // 31 s pass before any answers: the six are 29 s from their claim's lapse.
+    clock.advance(secs(31));
+    held.release.add_permits(10 * total);
+    assert_eq!(pass.await.unwrap().unwrap(), total, "all were claimed");
+    assert_eq!(
+        held.keys.lock().unwrap().len(),
+        CONCURRENCY,
+        "the six were not sent"
+    );
+
+    let states = || async {
+        let Store::Sqlite(p) = &store else {
+            unreachable!()
+        };
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM messages GROUP BY state ORDER BY state")
+                .fetch_all(p)
+                .await
+                .unwrap();
+        rows
+    };
+    assert_eq!(
+        states().await,
+        vec![
+            ("accepted".to_owned(), CONCURRENCY as i64),
+            ("sending".to_owned(), 6)
+        ],
+        "the six stay claimed until their claim lapses"
+    );
+    // Before the lapse another pass leaves them alone ...
+    assert_eq!(dispatcher.dispatch_pending().await.unwrap(), 0);
+    // ... after it, one takes them over and sends each once.
+    clock.advance(secs(30));
+    assert_eq!(dispatcher.dispatch_pending().await.unwrap(), 6);
+    assert_eq!(states().await, vec![("accepted".to_owned(), total as i64)]);
+    let keys = held.keys.lock().unwrap().clone();
+    let distinct: BTreeSet<&String> = keys.iter().collect();
+    assert_eq!(keys.len(), total, "one POST per message");
+    assert_eq!(distinct.len(), total, "no message was sent twice");
+    store.close().await;
+}
