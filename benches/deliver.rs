@@ -33,7 +33,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,8 +50,7 @@ use rollcall::config::{Config, ProviderKind, Secrets, SmsProvider, Smtp, Tls};
 use rollcall::daemon::{engine_settings, retry_policy};
 use rollcall::dispatch::{CONCURRENCY, Dispatcher};
 use rollcall::domain::contacts::Role;
-use rollcall::domain::holidays::Holidays;
-use rollcall::domain::plan::{Plan, PlanInput, plan};
+use rollcall::domain::plan::Plan;
 use rollcall::domain::render::{Payload, email_html};
 use rollcall::domain::schedule::{RoundSpec, Schedule, Step};
 use rollcall::domain::{ChannelKind, EmailAddress};
@@ -61,7 +59,6 @@ use rollcall::sinks::{self, ReceivedMail, ReceivedSms, ReceivedWebhook, Recorder
 use rollcall::store::{
     Claim, Clockwork, Finished, NewMessage, NewNotification, NewOutcome, SendResult, Store,
 };
-use rollcall::yaml::Problems;
 use support::{Human, Samples};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -304,21 +301,7 @@ fn exercise(webhook_base: &str) -> (rollcall::domain::contacts::Roster, Schedule
         notify: vec![Role::Primary, Role::Alternate, Role::Duty],
         via: vec![ChannelKind::Sms, ChannelKind::Email, ChannelKind::Webhook],
     }];
-    let holidays = Holidays::hk();
-    let mut problems = Problems::default();
-    let plan = plan(
-        &PlanInput {
-            schedule: &schedule,
-            path: Path::new("bench-deliver.yaml"),
-            positions: &[],
-            roster: Some(&roster),
-            holidays: &holidays,
-            now: schedule.window_start - TimeDelta::days(1),
-            past_is_error: false,
-        },
-        &mut problems,
-    );
-    assert!(!problems.has_errors(), "the bench plan has no errors");
+    let plan = support::fixtures::plan_of(&schedule, &roster);
     assert_eq!(plan.rounds.len(), 1, "one round");
     assert_eq!(
         plan.rounds[0].targets.len(),

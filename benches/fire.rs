@@ -25,7 +25,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,13 +38,11 @@ use rollcall::daemon::{engine_settings, retry_policy};
 use rollcall::dispatch::Dispatcher;
 use rollcall::domain::codes::{AckCode, LinkToken};
 use rollcall::domain::contacts::{Role, Roster};
-use rollcall::domain::holidays::Holidays;
-use rollcall::domain::plan::{Plan, PlanInput, plan};
+use rollcall::domain::plan::Plan;
 use rollcall::domain::render::{Alert, Payload};
 use rollcall::domain::schedule::Schedule;
 use rollcall::engine::{Engine, TOKEN_LIFETIME_AFTER_DEADLINE, load_exercise};
 use rollcall::store::{Clockwork, NewMessage, NewNotification, NewOutcome, RoundRow, Store};
-use rollcall::yaml::Problems;
 use support::{Human, Samples, compare, verdict};
 
 const ROUNDS: u32 = 1000;
@@ -137,21 +134,7 @@ async fn bench() {
             20_270_601,
         )],
     );
-    let holidays = Holidays::hk();
-    let mut problems = Problems::default();
-    let plan = plan(
-        &PlanInput {
-            schedule: &schedule,
-            path: Path::new("bench-fire.yaml"),
-            positions: &[],
-            roster: Some(&roster),
-            holidays: &holidays,
-            now: schedule.window_start - TimeDelta::days(1),
-            past_is_error: false,
-        },
-        &mut problems,
-    );
-    assert!(!problems.has_errors(), "the bench plan has no errors");
+    let plan = support::fixtures::plan_of(&schedule, &roster);
     assert_eq!(plan.rounds.len(), ROUNDS as usize);
     let closest = plan
         .rounds

@@ -85,9 +85,9 @@ impl Dispatcher {
     /// Returns once nothing due is left to claim and every send is recorded.
     #[tracing::instrument(name = "dispatch.pending", skip(self))]
     pub async fn dispatch_pending(&self) -> Result<usize, StoreError> {
+        // Expired, acked-meanwhile and opted-out (PRODUCT.md §5) messages
+        // are settled before anything is claimed.
         self.store.sweep_outbox(self.clock.now()).await?;
-        // Numbers that opted out get nothing more (PRODUCT.md §5).
-        self.store.cancel_opted_out(self.clock.now()).await?;
         let mut handled = 0;
         // Claimed, waiting for a slot, with the instant the claim lapses.
         let mut queue: VecDeque<(ClaimedMessage, DateTime<Utc>)> = VecDeque::new();
@@ -99,10 +99,11 @@ impl Dispatcher {
         let mut more = true;
         let mut first = true;
         loop {
+            let now = self.clock.now();
             while sending.len() < CONCURRENCY
                 && let Some((message, lapses)) = queue.pop_front()
             {
-                if lapses - self.clock.now() < CLAIM_MARGIN {
+                if lapses - now < CLAIM_MARGIN {
                     tracing::warn!(
                         message.id = message.id,
                         "claim about to lapse before a slot freed; left for the next pass"

@@ -4,10 +4,13 @@
 use chrono::{DateTime, NaiveDate, NaiveTime, TimeDelta, Utc};
 use rollcall::domain::calendar::OfficeHours;
 use rollcall::domain::contacts::{Contact, Department, Role, Roster, Webhook};
+use rollcall::domain::holidays::Holidays;
+use rollcall::domain::plan::{Plan, PlanInput, plan};
 use rollcall::domain::schedule::{
     AckPolicy, CalendarSpec, HolidaySource, Marker, Notice, RoundSpec, Schedule, Step, Targets,
 };
 use rollcall::domain::{ChannelKind, ContactId, DepartmentCode, EmailAddress, Lang, PhoneE164};
+use rollcall::yaml::Problems;
 
 /// The three roles a department is reached through.
 const ROLES: [Role; 3] = [Role::Primary, Role::Alternate, Role::Duty];
@@ -32,26 +35,14 @@ pub fn roster(departments: usize, own_hours_every: Option<usize>) -> Roster {
                 .iter()
                 .map(|&role| {
                     serial += 1;
-                    let id = format!("{lower}-{}", role.as_str());
-                    Contact {
-                        id: ContactId::parse(&id).expect("valid id"),
-                        department: code.clone(),
-                        name: format!("{} {}", code, role.as_str()),
-                        post: None,
+                    // 9123 xxxx is a Hong Kong mobile range.
+                    contact(
+                        &code,
+                        &format!("{lower}-{}", role.as_str()),
+                        format!("{} {}", code, role.as_str()),
                         role,
-                        // 9123 xxxx is a Hong Kong mobile range.
-                        sms: Some(
-                            PhoneE164::parse(&format!("+852 9123 {serial:04}"))
-                                .expect("valid mobile"),
-                        ),
-                        email: Some(
-                            EmailAddress::parse(&format!("{id}@{lower}.example"))
-                                .expect("valid email"),
-                        ),
-                        webhook: None,
-                        lang: Lang::En,
-                        last_verified: None,
-                    }
+                        &format!("+852 9123 {serial:04}"),
+                    )
                 })
                 .collect();
             Department {
@@ -67,6 +58,46 @@ pub fn roster(departments: usize, own_hours_every: Option<usize>) -> Roster {
         })
         .collect();
     Roster { departments }
+}
+
+/// The plan of `schedule` for `roster` with the shipped holidays, made the
+/// day before its window opens, as `rollcall exercise load` would make it;
+/// the bench stops if it has errors.
+pub fn plan_of(schedule: &Schedule, roster: &Roster) -> Plan {
+    let holidays = Holidays::hk();
+    let mut problems = Problems::default();
+    let plan = plan(
+        &PlanInput {
+            schedule,
+            path: std::path::Path::new(&format!("{}.yaml", schedule.id)),
+            positions: &[],
+            roster: Some(roster),
+            holidays: &holidays,
+            now: schedule.window_start - TimeDelta::days(1),
+            past_is_error: false,
+        },
+        &mut problems,
+    );
+    assert!(!problems.has_errors(), "the bench plan has no errors");
+    plan
+}
+
+/// A contact of `code` reachable by SMS at `mobile` and by email at
+/// `<id>@<department>.example`, in English, with no webhook.
+fn contact(code: &DepartmentCode, id: &str, name: String, role: Role, mobile: &str) -> Contact {
+    let lower = code.as_str().to_lowercase();
+    Contact {
+        id: ContactId::parse(id).expect("valid id"),
+        department: code.clone(),
+        name,
+        post: None,
+        role,
+        sms: Some(PhoneE164::parse(mobile).expect("valid mobile")),
+        email: Some(EmailAddress::parse(&format!("{id}@{lower}.example")).expect("valid email")),
+        webhook: None,
+        lang: Lang::En,
+        last_verified: None,
+    }
 }
 
 /// Midnight Hong Kong time (UTC+8, no daylight saving) of a date, in UTC.
@@ -157,33 +188,22 @@ pub fn reachable_roster(departments: usize, per_department: usize, webhook_base:
                         k if k % 2 == 1 => Role::Alternate,
                         _ => Role::Duty,
                     };
-                    let id = format!("{lower}-c{k}");
-                    Contact {
-                        id: ContactId::parse(&id).expect("valid id"),
-                        department: code.clone(),
-                        name: format!("{} contact {k}", code),
-                        post: None,
+                    // 912x xxxx is a Hong Kong mobile range.
+                    let mut c = contact(
+                        &code,
+                        &format!("{lower}-c{k}"),
+                        format!("{} contact {k}", code),
                         role,
-                        // 912x xxxx is a Hong Kong mobile range.
-                        sms: Some(
-                            PhoneE164::parse(&format!("+852 912{serial:05}"))
-                                .expect("valid mobile"),
-                        ),
-                        email: Some(
-                            EmailAddress::parse(&format!("{id}@{lower}.example"))
-                                .expect("valid email"),
-                        ),
-                        webhook: Some(Webhook {
-                            url: format!("{webhook_base}/hooks/{lower}"),
-                            secret_env: None,
-                        }),
-                        lang: if serial.is_multiple_of(5) {
-                            Lang::Zh
-                        } else {
-                            Lang::En
-                        },
-                        last_verified: None,
+                        &format!("+852 912{serial:05}"),
+                    );
+                    c.webhook = Some(Webhook {
+                        url: format!("{webhook_base}/hooks/{lower}"),
+                        secret_env: None,
+                    });
+                    if serial.is_multiple_of(5) {
+                        c.lang = Lang::Zh;
                     }
+                    c
                 })
                 .collect();
             Department {

@@ -343,9 +343,11 @@ impl Store {
         .await
     }
 
-    /// Settles what can no longer go out: pending messages (and lapsed
-    /// claims) at or past their deadline become `expired`, and lapsed claims
-    /// of a department that has acked since become `cancelled`.
+    /// Settles what can no longer go out, in one transaction: pending
+    /// messages (and lapsed claims) at or past their deadline become
+    /// `expired`, lapsed claims of a department that has acked since become
+    /// `cancelled(acked)`, and SMS to numbers that opted out
+    /// `cancelled(opted_out)` (as [`Store::cancel_opted_out`]).
     pub async fn sweep_outbox(&self, now: DateTime<Utc>) -> Result<()> {
         const EXPIRE: &str = "UPDATE messages SET state = 'expired', state_reason = 'deadline passed before sending', \
              payload = NULL, finished_at = $1, claimed_by = NULL, claim_expires_at = NULL \
@@ -358,7 +360,7 @@ impl Store {
              AND notification_id IN (SELECT id FROM notifications WHERE acked_at IS NOT NULL)";
         on_db!(self, |p| {
             let mut tx = p.begin_write().await?;
-            for sweep in [EXPIRE, CANCEL_ACKED] {
+            for sweep in [EXPIRE, CANCEL_ACKED, super::opt_outs::CANCEL_OPTED_OUT] {
                 sqlx::query(sweep).bind(ms(now)).execute(&mut *tx).await?;
             }
             tx.commit().await?;
@@ -464,10 +466,9 @@ impl Store {
              WHERE outcomes.id = j.id";
         const RETRY: &str = "UPDATE messages SET state = 'pending', due_at = $1, provider = $2, last_error = $3, \
              claimed_by = NULL, claim_expires_at = NULL WHERE id = $4";
-        const FAIL: &str = "UPDATE messages SET state = 'failed', state_reason = $1, provider = $2, last_error = $3, \
-             payload = NULL, finished_at = $4, claimed_by = NULL, claim_expires_at = NULL WHERE id = $5";
-        const EXPIRE: &str = "UPDATE messages SET state = 'expired', state_reason = $1, provider = $2, last_error = $3, \
-             payload = NULL, finished_at = $4, claimed_by = NULL, claim_expires_at = NULL WHERE id = $5";
+        // `failed` or `expired`: final, with the provider's last word.
+        const END: &str = "UPDATE messages SET state = $1, state_reason = $2, provider = $3, last_error = $4, \
+             payload = NULL, finished_at = $5, claimed_by = NULL, claim_expires_at = NULL WHERE id = $6";
         // Paced, not attempted: the claim's attempt is given back.
         const DEFER: &str = "UPDATE messages SET state = 'pending', due_at = $1, attempts = attempts - 1, \
              claimed_by = NULL, claim_expires_at = NULL WHERE id = $2 AND state = 'sending'";
@@ -521,69 +522,74 @@ impl Store {
             }
             for f in finished {
                 let (id, at) = (f.message.id, ms(f.at));
-                match &f.result {
-                    SendResult::Accepted { .. } => {}
+                // When the message would be tried next, if at all.
+                let next = match &f.result {
+                    SendResult::Failed {
+                        permanent: false, ..
+                    } => f.retry_after.map(|after| ms(f.at + after)),
+                    SendResult::Deferred { until } => Some(ms(*until)),
+                    _ => None,
+                };
+                // A retry or paced slot that would land after the deadline is
+                // never sent: the message is `expired`, not sent late. A
+                // failure with no next attempt is `failed`.
+                let late = next.is_some_and(|t| t >= f.message.expires_at);
+                let ended = match &f.result {
+                    SendResult::Failed {
+                        provider, error, ..
+                    } if late => Some((
+                        "expired",
+                        RETRIES_TOO_LATE,
+                        provider.as_str(),
+                        error.as_str(),
+                    )),
+                    SendResult::Deferred { .. } if late => Some((
+                        "expired",
+                        RETRIES_TOO_LATE,
+                        "pacing",
+                        "the provider's rate would send it after the deadline",
+                    )),
                     SendResult::Failed {
                         provider,
                         permanent,
                         error,
+                    } if next.is_none() => {
+                        let reason = if *permanent { "permanent" } else { "transient" };
+                        Some(("failed", reason, provider.as_str(), error.as_str()))
+                    }
+                    _ => None,
+                };
+                if let Some((state, reason, provider, error)) = ended {
+                    sqlx::query(END)
+                        .bind(state)
+                        .bind(reason)
+                        .bind(provider)
+                        .bind(error)
+                        .bind(at)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    continue;
+                }
+                match &f.result {
+                    SendResult::Accepted { .. } => {}
+                    SendResult::Failed {
+                        provider, error, ..
                     } => {
-                        let retry_at = match (permanent, f.retry_after) {
-                            (false, Some(after)) => Some(f.at + after),
-                            _ => None,
-                        };
-                        match retry_at {
-                            // A retry that would land after the deadline is
-                            // never sent: the message is `expired`, not sent late.
-                            Some(t) if ms(t) >= f.message.expires_at => {
-                                sqlx::query(EXPIRE)
-                                    .bind(RETRIES_TOO_LATE)
-                                    .bind(provider)
-                                    .bind(error)
-                                    .bind(at)
-                                    .bind(id)
-                                    .execute(&mut *tx)
-                                    .await?;
-                            }
-                            Some(t) => {
-                                sqlx::query(RETRY)
-                                    .bind(ms(t))
-                                    .bind(provider)
-                                    .bind(error)
-                                    .bind(id)
-                                    .execute(&mut *tx)
-                                    .await?;
-                            }
-                            None => {
-                                let reason = if *permanent { "permanent" } else { "transient" };
-                                sqlx::query(FAIL)
-                                    .bind(reason)
-                                    .bind(provider)
-                                    .bind(error)
-                                    .bind(at)
-                                    .bind(id)
-                                    .execute(&mut *tx)
-                                    .await?;
-                            }
-                        }
+                        sqlx::query(RETRY)
+                            .bind(next)
+                            .bind(provider)
+                            .bind(error)
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
                     }
                     SendResult::Deferred { until } => {
-                        if ms(*until) >= f.message.expires_at {
-                            sqlx::query(EXPIRE)
-                                .bind(RETRIES_TOO_LATE)
-                                .bind("pacing")
-                                .bind("the provider's rate would send it after the deadline")
-                                .bind(at)
-                                .bind(id)
-                                .execute(&mut *tx)
-                                .await?;
-                        } else {
-                            sqlx::query(DEFER)
-                                .bind(ms(*until))
-                                .bind(id)
-                                .execute(&mut *tx)
-                                .await?;
-                        }
+                        sqlx::query(DEFER)
+                            .bind(ms(*until))
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
                     }
                     SendResult::NotConfigured => {
                         sqlx::query(NOT_CONFIGURED)
@@ -595,18 +601,13 @@ impl Store {
                 }
             }
             let mut claimed: Vec<ClaimedMessage> = Vec::new();
-            let [lapsed, due] = claims;
-            let claims = if claim.lapsed {
-                vec![lapsed, due]
-            } else {
-                vec![due]
-            };
-            for sql in claims {
+            // Lapsed claims first, and only when asked for.
+            for sql in &claims[usize::from(!claim.lapsed)..] {
                 let room = claim.limit - claimed.len() as i64;
                 if room <= 0 {
                     break;
                 }
-                let rows: Vec<ClaimedMessage> = sqlx::query_as(sql)
+                let rows: Vec<ClaimedMessage> = sqlx::query_as(*sql)
                     .bind(claim.worker)
                     .bind(ms(claim.until))
                     .bind(ms(claim.now))

@@ -127,8 +127,7 @@ impl Store {
                     SqliteSynchronous::Off
                 })
                 .foreign_keys(true)
-                .busy_timeout(Duration::from_secs(10))
-                .pragma("cache_size", "-65536");
+                .busy_timeout(Duration::from_secs(10));
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .connect_with(opts)

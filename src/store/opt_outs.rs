@@ -18,6 +18,14 @@ pub struct OptOut {
     pub detail: Option<String>,
 }
 
+/// Ends the SMS waiting for numbers that opted out (bound: `$1`, now); run
+/// alone by [`Store::cancel_opted_out`] and in every [`Store::sweep_outbox`].
+pub(super) const CANCEL_OPTED_OUT: &str = "UPDATE messages SET state = 'cancelled', state_reason = 'opted_out', payload = NULL, \
+     finished_at = $1, claimed_by = NULL, claim_expires_at = NULL \
+     WHERE channel = 'sms' \
+     AND (state = 'pending' OR (state = 'sending' AND claim_expires_at < $1)) \
+     AND address IN (SELECT address FROM opt_outs)";
+
 impl Store {
     /// Records that `address` opted out. The first record stands; returns
     /// whether this one was new.
@@ -72,12 +80,7 @@ impl Store {
     /// `cancelled(opted_out)`: pending ones, and claims that lapsed (a
     /// sender that crashed). Returns how many.
     pub async fn cancel_opted_out(&self, now: DateTime<Utc>) -> Result<u64> {
-        const Q: &str = "UPDATE messages SET state = 'cancelled', state_reason = 'opted_out', payload = NULL, \
-             finished_at = $1, claimed_by = NULL, claim_expires_at = NULL \
-             WHERE channel = 'sms' \
-             AND (state = 'pending' OR (state = 'sending' AND claim_expires_at < $1)) \
-             AND address IN (SELECT address FROM opt_outs)";
-        Ok(on_db!(self, |p| sqlx::query(Q)
+        Ok(on_db!(self, |p| sqlx::query(CANCEL_OPTED_OUT)
             .bind(ms(now))
             .execute(p)
             .await
