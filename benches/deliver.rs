@@ -28,7 +28,8 @@
 //!
 //! Run: `cargo bench --bench deliver`. It exits non-zero when a target is
 //! missed. `ROLLCALL_BENCH_QUICK=1` makes two runs per store and skips the
-//! stages, for trying a change.
+//! stages, for trying a change; `ROLLCALL_BENCH_STAGES=1` times only the
+//! store stages, for trying a change to the store.
 
 mod support;
 
@@ -774,6 +775,12 @@ fn quick() -> bool {
     std::env::var("ROLLCALL_BENCH_QUICK").is_ok_and(|v| v == "1")
 }
 
+/// `ROLLCALL_BENCH_STAGES=1`: only the store stages, no delivery runs and
+/// no verdict.
+fn stages_only() -> bool {
+    std::env::var("ROLLCALL_BENCH_STAGES").is_ok_and(|v| v == "1")
+}
+
 fn rate(d: Duration) -> f64 {
     MESSAGES as f64 / d.as_secs_f64()
 }
@@ -841,7 +848,7 @@ async fn bench_backend(backend: &Backend) -> Result<Outcome, String> {
     let started = Instant::now();
     // Run 0 warms up and is not counted.
     let runs = if quick() { 2 } else { RUNS };
-    for run in 0..=runs {
+    for run in (0..=runs).filter(|_| !stages_only()) {
         if run > MIN_RUNS && started.elapsed() > WALL_LIMIT {
             println!(
                 "{name}: stopped after {} runs: the {} s wall limit was reached",
@@ -887,7 +894,7 @@ async fn bench_backend(backend: &Backend) -> Result<Outcome, String> {
             replay.push(replay_took);
         }
     }
-    let stages = if quick() {
+    let stages = if quick() && !stages_only() {
         Vec::new()
     } else {
         stages(backend, &payloads).await?
@@ -1052,10 +1059,16 @@ fn prepared_round(payloads: &[(i64, Payload)], clock: Clockwork) -> Vec<NewNotif
 fn verdicts(o: &Outcome) -> bool {
     println!();
     for s in [&o.total, &o.fire, &o.after_fire, &o.bare, &o.replay] {
-        s.report();
+        if !s.is_empty() {
+            s.report();
+        }
     }
     for s in &o.stages {
         s.report();
+    }
+    if o.total.is_empty() {
+        println!("{}: stages only, no verdict", o.backend);
+        return true;
     }
     let delivered = rate(o.total.median());
     let bare = rate(o.bare.median());

@@ -331,7 +331,12 @@ impl EmailChannel {
         text: &str,
         now: DateTime<Utc>,
     ) -> Result<(Envelope, Vec<u8>), String> {
-        let to: Mailbox = to.parse().map_err(|e| format!("bad address: {e}"))?;
+        // Contacts' addresses are bare; parsing one as an address is much
+        // cheaper than as a mailbox (which may carry a display name).
+        let to = match to.parse::<lettre::Address>() {
+            Ok(address) => Mailbox::new(None, address),
+            Err(_) => to.parse().map_err(|e| format!("bad address: {e}"))?,
+        };
         let mut builder = Message::builder()
             .date(std::time::SystemTime::from(now))
             .from(self.from.clone())

@@ -86,7 +86,8 @@ impl Channels {
                     ..
                 } => ProviderChannel::Twilio(TwilioChannel {
                     name: p.name.clone(),
-                    base_url: base_url.clone(),
+                    messages_url: TwilioChannel::messages_url(base_url, account_sid)
+                        .map_err(ChannelSetupError::Sms)?,
                     account_sid: account_sid.clone(),
                     auth_token: secrets.get(auth_token_env).map(|s| s.expose().to_owned()),
                     from: cfg.sms_from.clone(),
@@ -189,9 +190,13 @@ impl Channels {
 
     /// The gate of `url`'s `host:port` (the whole string if it does not
     /// parse: such a POST fails on its own).
-    fn webhook_gate(&self, url: &str) -> Arc<tokio::sync::Semaphore> {
-        let key = reqwest::Url::parse(url).map_or_else(
-            |_| url.to_owned(),
+    fn webhook_gate(
+        &self,
+        parsed: Option<&reqwest::Url>,
+        url: &str,
+    ) -> Arc<tokio::sync::Semaphore> {
+        let key = parsed.map_or_else(
+            || url.to_owned(),
             |u| {
                 format!(
                     "{}:{}",
@@ -226,13 +231,17 @@ impl Channels {
     ) -> SendResult {
         // Waiting for the host's gate is pacing, not part of the POST's
         // timeout; a closed gate cannot happen (semaphores are never closed).
-        let gate = self.webhook_gate(url);
+        // Parsed once, for the gate and the request.
+        let parsed = reqwest::Url::parse(url).ok();
+        let gate = self.webhook_gate(parsed.as_ref(), url);
         let _permit = gate.acquire().await;
         let raw = body.to_string().into_bytes();
         let sig = signature_header(secret, now.timestamp(), &raw);
-        let result = self
-            .http
-            .post(url)
+        let request = match parsed {
+            Some(u) => self.http.post(u),
+            None => self.http.post(url),
+        };
+        let result = request
             .timeout(self.webhook_timeout)
             .header("content-type", "application/json")
             .header("idempotency-key", message_id.to_string())

@@ -18,14 +18,27 @@ pub(super) fn says_opted_out(error: &str) -> bool {
 
 pub(super) struct TwilioChannel {
     pub(super) name: String,
-    pub(super) base_url: String,
+    /// `{base_url}/2010-04-01/Accounts/{sid}/Messages.json`, parsed once.
+    pub(super) messages_url: reqwest::Url,
     pub(super) account_sid: String,
     pub(super) auth_token: Option<String>,
     pub(super) from: Option<String>,
     pub(super) status_callback: String,
 }
 
+/// The part of Twilio's answer to a created message that rollcall keeps.
+#[derive(serde::Deserialize)]
+struct Created {
+    sid: Option<String>,
+}
+
 impl TwilioChannel {
+    /// The Messages resource of `account_sid` under `base_url`.
+    pub(super) fn messages_url(base_url: &str, account_sid: &str) -> Result<reqwest::Url, String> {
+        let url = format!("{base_url}/2010-04-01/Accounts/{account_sid}/Messages.json");
+        reqwest::Url::parse(&url).map_err(|e| format!("twilio base_url {base_url:?}: {e}"))
+    }
+
     pub(super) async fn send(
         &self,
         http: &reqwest::Client,
@@ -49,10 +62,6 @@ impl TwilioChannel {
             .num_seconds()
             .clamp(1, 36_000)
             .to_string();
-        let url = format!(
-            "{}/2010-04-01/Accounts/{}/Messages.json",
-            self.base_url, self.account_sid
-        );
         let form = [
             ("To", to),
             ("From", from.as_str()),
@@ -61,15 +70,21 @@ impl TwilioChannel {
             ("StatusCallback", self.status_callback.as_str()),
         ];
         let resp = http
-            .post(&url)
+            .post(self.messages_url.clone())
             .basic_auth(&self.account_sid, Some(token))
             .form(&form)
             .send()
             .await;
         match resp {
             Ok(r) if r.status().is_success() => {
-                let body: serde_json::Value = r.json().await.unwrap_or_default();
-                let sid = body.get("sid").and_then(|s| s.as_str()).map(str::to_owned);
+                // Only the sid is kept; an answer without one is still an
+                // acceptance (its receipts cannot be matched).
+                let sid = match r.bytes().await {
+                    Ok(body) => serde_json::from_slice::<Created>(&body)
+                        .ok()
+                        .and_then(|c| c.sid),
+                    Err(_) => None,
+                };
                 SendResult::Accepted {
                     provider,
                     provider_ref: sid,

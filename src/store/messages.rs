@@ -351,7 +351,9 @@ impl Store {
     pub async fn sweep_outbox(&self, now: DateTime<Utc>) -> Result<()> {
         const EXPIRE: &str = "UPDATE messages SET state = 'expired', state_reason = 'deadline passed before sending', \
              payload = NULL, finished_at = $1, claimed_by = NULL, claim_expires_at = NULL \
-             WHERE (state = 'pending' OR (state = 'sending' AND claim_expires_at < $1)) AND expires_at <= $1";
+             WHERE id IN (SELECT id FROM messages WHERE state = 'pending' AND expires_at <= $1 \
+                          UNION ALL \
+                          SELECT id FROM messages WHERE state = 'sending' AND claim_expires_at < $1 AND expires_at <= $1)";
         // A sender that crashed mid-send leaves `sending` rows; if the
         // department has acked since, they are not sent again.
         const CANCEL_ACKED: &str = "UPDATE messages SET state = 'cancelled', state_reason = 'acked', payload = NULL, \
@@ -426,7 +428,7 @@ impl Store {
                 )
             };
         }
-        // Two claims, each walking the (state, due_at) index in order, rather
+        // Two claims, each walking its state's index in order, rather
         // than one over both states that must sort every due row to find
         // the first few.
         const SQLITE_CLAIMS: [&str; 2] = [
@@ -451,19 +453,19 @@ impl Store {
              FROM (SELECT value ->> 'id' AS id, value ->> 'at_ms' AS at_ms, value ->> 'provider' AS provider, \
                    value ->> 'provider_ref' AS provider_ref FROM json_each($1)) AS j \
              WHERE messages.id = j.id";
-        const SQLITE_ACCEPT_OUTCOMES: &str = "UPDATE outcomes SET accepted_at = COALESCE(outcomes.accepted_at, j.at_ms) \
+        const SQLITE_ACCEPT_OUTCOMES: &str = "UPDATE outcomes SET accepted_at = j.at_ms \
              FROM (SELECT value ->> 'outcome_id' AS id, MIN(value ->> 'at_ms') AS at_ms FROM json_each($1) \
                    GROUP BY value ->> 'outcome_id') AS j \
-             WHERE outcomes.id = j.id";
+             WHERE outcomes.id = j.id AND outcomes.accepted_at IS NULL";
         const PG_ACCEPT: &str = "UPDATE messages SET state = 'accepted', accepted_at = j.at_ms, provider = j.provider, \
              provider_ref = j.provider_ref, payload = NULL, claimed_by = NULL, claim_expires_at = NULL, last_error = NULL \
              FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, at_ms bigint, provider text, provider_ref text) \
              WHERE messages.id = j.id";
-        const PG_ACCEPT_OUTCOMES: &str = "UPDATE outcomes SET accepted_at = COALESCE(outcomes.accepted_at, j.at_ms) \
+        const PG_ACCEPT_OUTCOMES: &str = "UPDATE outcomes SET accepted_at = j.at_ms \
              FROM (SELECT r.outcome_id AS id, MIN(r.at_ms) AS at_ms \
                    FROM jsonb_to_recordset($1::jsonb) AS r(outcome_id bigint, at_ms bigint) \
                    GROUP BY r.outcome_id) AS j \
-             WHERE outcomes.id = j.id";
+             WHERE outcomes.id = j.id AND outcomes.accepted_at IS NULL";
         const RETRY: &str = "UPDATE messages SET state = 'pending', due_at = $1, provider = $2, last_error = $3, \
              claimed_by = NULL, claim_expires_at = NULL WHERE id = $4";
         // `failed` or `expired`: final, with the provider's last word.
@@ -624,8 +626,9 @@ impl Store {
 
     /// The earliest instant something in the outbox becomes due.
     pub async fn next_message_due(&self) -> Result<Option<DateTime<Utc>>> {
-        const Q: &str = "SELECT MIN(CASE WHEN state = 'pending' THEN due_at ELSE claim_expires_at END) FROM messages \
-             WHERE state = 'pending' OR state = 'sending'";
+        // Each side reads the first entry of its claim index.
+        const Q: &str = "SELECT MIN(at) FROM (SELECT MIN(due_at) AS at FROM messages WHERE state = 'pending' \
+             UNION ALL SELECT MIN(claim_expires_at) AS at FROM messages WHERE state = 'sending') AS due";
         let v: Option<i64> = on_db!(self, |p| sqlx::query_scalar(Q).fetch_one(p).await)?;
         Ok(v.map(from_ms))
     }

@@ -22,9 +22,11 @@ pub struct OptOut {
 /// alone by [`Store::cancel_opted_out`] and in every [`Store::sweep_outbox`].
 pub(super) const CANCEL_OPTED_OUT: &str = "UPDATE messages SET state = 'cancelled', state_reason = 'opted_out', payload = NULL, \
      finished_at = $1, claimed_by = NULL, claim_expires_at = NULL \
-     WHERE channel = 'sms' \
-     AND (state = 'pending' OR (state = 'sending' AND claim_expires_at < $1)) \
-     AND address IN (SELECT address FROM opt_outs)";
+     WHERE id IN (SELECT id FROM messages WHERE state = 'pending' \
+                  AND channel = 'sms' AND address IN (SELECT address FROM opt_outs) \
+                  UNION ALL \
+                  SELECT id FROM messages WHERE state = 'sending' AND claim_expires_at < $1 \
+                  AND channel = 'sms' AND address IN (SELECT address FROM opt_outs))";
 
 impl Store {
     /// Records that `address` opted out. The first record stands; returns

@@ -2664,6 +2664,191 @@ async fn an_outbox_written_before_the_rules_became_constraints_survives_the_rebu
     store.close().await;
 }
 
+/// Migration 0008 respells SQLite's outbox rules (chains of `=` instead of
+/// `IN` lists, which SQLite checks by probing a temporary b-tree) and
+/// rebuilds `messages` to hold them. The rules must not change: every row
+/// of a grid over the states and the columns the rules name is accepted or
+/// refused alike before and after, refused by the same named rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_respelled_outbox_rules_accept_and_refuse_exactly_what_they_did() {
+    async fn migrated_to(dir: &Path, name: &str, version: Option<i64>) -> sqlx::SqlitePool {
+        let url = format!("sqlite://{}", dir.join(name).display());
+        let opts = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+        let migrator = sqlx::migrate!("migrations/sqlite");
+        match version {
+            Some(v) => migrator.run_to(v, &pool).await.unwrap(),
+            None => migrator.run(&pool).await.unwrap(),
+        }
+        for sql in [
+            "INSERT INTO roster_versions (loaded_at, digest, roster_json) VALUES (1, 'd', '{}')",
+            "INSERT INTO exercises (id, title, schedule_json, schedule_digest, roster_version, state, loaded_at) \
+             VALUES ('ex', 'Drill', '{}', 'd', 1, 'running', 1)",
+            "INSERT INTO rounds (exercise_id, label, slot, planned_at, fired_at, state) VALUES ('ex', 'R01', 's1', 2, 2, 'fired')",
+            "INSERT INTO notifications (round_id, department, status, fired_at, target_at, deadline_at, final_at) \
+             VALUES (1, 'DPO', 'open', 2, 3, 4, 5)",
+            "INSERT INTO outcomes (notification_id, contact_id, role, code, token_digest, token_expires_at, step, notified_at) \
+             VALUES (1, 'dpo-1', 'primary', 'ABCDE', 'digest', 9, 1, 2)",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        pool
+    }
+    /// What the table said to a row: taken, or refused by a named rule (an
+    /// unnamed column rule is reported with its expression, so only that it
+    /// was one counts).
+    async fn verdict(pool: &sqlx::SqlitePool, row: &Row, step: i64) -> String {
+        let inserted = sqlx::query(
+            "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, roster_version, step, \
+             state, state_reason, payload, created_at, due_at, expires_at, attempts, claimed_by, claim_expires_at, \
+             provider, accepted_at, delivered_at, finished_at) \
+             VALUES (1, 1, 'dpo-1', $1, 'a', 1, $2, $3, $4, $5, 2, 2, 4, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(row.channel)
+        .bind(step)
+        .bind(row.state)
+        .bind(row.reason)
+        .bind(row.payload)
+        .bind(row.attempts)
+        .bind(row.claimed_by)
+        .bind(row.claim_expires_at)
+        .bind(row.provider)
+        .bind(row.accepted_at)
+        .bind(row.delivered_at)
+        .bind(row.finished_at)
+        .execute(pool)
+        .await;
+        match inserted {
+            Ok(_) => "taken".to_owned(),
+            Err(e) => {
+                let text = e.to_string();
+                match text.split_once("CHECK constraint failed: ") {
+                    Some((_, rule)) if rule.starts_with("messages_") => rule.to_owned(),
+                    Some(_) => "an unnamed rule".to_owned(),
+                    None => panic!("refused for another reason: {text}"),
+                }
+            }
+        }
+    }
+    #[derive(Debug, Clone, Copy)]
+    struct Row {
+        channel: &'static str,
+        state: &'static str,
+        reason: Option<&'static str>,
+        payload: Option<&'static str>,
+        attempts: i64,
+        claimed_by: Option<&'static str>,
+        claim_expires_at: Option<i64>,
+        provider: Option<&'static str>,
+        accepted_at: Option<i64>,
+        delivered_at: Option<i64>,
+        finished_at: Option<i64>,
+    }
+    const STATES: [&str; 10] = [
+        "pending",
+        "sending",
+        "accepted",
+        "delivered",
+        "undelivered",
+        "failed",
+        "expired",
+        "cancelled",
+        "not_configured",
+        "lost",
+    ];
+    const REASONS: [Option<&str>; 5] = [
+        None,
+        Some("acked"),
+        Some("endex"),
+        Some("transient"),
+        Some("other"),
+    ];
+    let mut grid = Vec::new();
+    for state in STATES {
+        for reason in REASONS {
+            for bits in 0u32..128 {
+                let on = |bit: u32| bits & (1 << bit) != 0;
+                grid.push(Row {
+                    channel: "sms",
+                    state,
+                    reason,
+                    payload: on(0).then_some("{}"),
+                    attempts: 1,
+                    claimed_by: on(1).then_some("worker"),
+                    claim_expires_at: on(2).then_some(9),
+                    provider: on(3).then_some("twilio"),
+                    accepted_at: on(4).then_some(3),
+                    delivered_at: on(5).then_some(3),
+                    finished_at: on(6).then_some(3),
+                });
+            }
+        }
+    }
+    let plain = Row {
+        channel: "sms",
+        state: "pending",
+        reason: None,
+        payload: Some("{}"),
+        attempts: 0,
+        claimed_by: None,
+        claim_expires_at: None,
+        provider: None,
+        accepted_at: None,
+        delivered_at: None,
+        finished_at: None,
+    };
+    for channel in ["sms", "email", "webhook", "fax", ""] {
+        grid.push(Row { channel, ..plain });
+    }
+    for attempts in [-1, 0, 5] {
+        grid.push(Row { attempts, ..plain });
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let before = migrated_to(dir.path(), "at7.db", Some(7)).await;
+    let after = migrated_to(dir.path(), "latest.db", None).await;
+    let mut taken = 0;
+    let mut rules = BTreeSet::new();
+    for (step, row) in grid.iter().enumerate() {
+        let was = verdict(&before, row, step as i64).await;
+        let is = verdict(&after, row, step as i64).await;
+        assert_eq!(is, was, "{row:?}");
+        if is == "taken" {
+            taken += 1;
+        } else {
+            rules.insert(is);
+        }
+    }
+    // The grid reaches every rule and some rows of every state get through.
+    assert_eq!(
+        rules.into_iter().collect::<Vec<_>>(),
+        [
+            "an unnamed rule",
+            "messages_attempts",
+            "messages_cancel_reason",
+            "messages_claim_expires",
+            "messages_delivered_at",
+            "messages_failure_class",
+            "messages_finished_when_final",
+            "messages_payload_while_sendable",
+            "messages_provider_named",
+        ]
+    );
+    assert!(taken >= 9, "only {taken} rows were taken");
+    let states: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, COUNT(*) FROM messages GROUP BY state ORDER BY state")
+            .fetch_all(&after)
+            .await
+            .unwrap();
+    assert_eq!(states.len(), 9, "a row of each state was taken: {states:?}");
+}
+
 /// A claimed message that is still waiting for a send slot when its claim is
 /// about to lapse is not sent by this pass: once the claim lapses another
 /// pass (or worker) may take it, so sending it now could send it twice. It
