@@ -28,6 +28,10 @@ pub use notices::{NOTICE_EVENTS, send_control_notices};
 /// Links stay usable this long after the deadline, so a late ack is still
 /// recorded (as `ack_after_deadline_at`).
 pub const TOKEN_LIFETIME_AFTER_DEADLINE: TimeDelta = TimeDelta::hours(24);
+/// A round to fewer departments is rendered on one thread: starting a
+/// thread costs about what rendering a few departments' messages does. A
+/// round to all 70 departments of the sample roster is rendered in parallel.
+const PARALLEL_RENDER_FROM: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -257,26 +261,8 @@ impl Engine {
         let now = self.now();
         let clock = clockwork(&schedule, now);
         for _attempt in 0..5 {
-            // A round of thousands of contacts draws thousands of codes at
-            // once; they must differ among themselves, not only from the
-            // codes already live (10,000 draws from 31^5 codes repeat one
-            // with a probability of about 83%).
-            let mut drawn = HashSet::new();
-            let notifications: Vec<NewNotification> = targets
-                .iter()
-                .map(|dept| NewNotification {
-                    department: dept.code.to_string(),
-                    outcomes: self.outcomes_for_step(
-                        &schedule,
-                        dept,
-                        0,
-                        &round.label,
-                        clock,
-                        &HashSet::new(),
-                        &mut drawn,
-                    ),
-                })
-                .collect();
+            let notifications =
+                self.first_step_notifications(&schedule, &targets, &round.label, clock);
             match self
                 .store
                 .fire_round(round.id, version, clock, &notifications)
@@ -365,6 +351,22 @@ impl Engine {
         already: &HashSet<String>,
         drawn: &mut HashSet<AckCode>,
     ) -> Vec<NewOutcome> {
+        let draws = self.draw_step(schedule, dept, step_index, already, drawn);
+        self.render_step(schedule, dept, step_index, round_label, clock, draws)
+    }
+
+    /// The contacts one step notifies, each with a fresh code (differing
+    /// from those in `drawn`) and link token. Drawing is kept apart from
+    /// rendering so that a round's codes come from the generator in one
+    /// fixed order while its messages are rendered in parallel.
+    fn draw_step<'d>(
+        &self,
+        schedule: &Schedule,
+        dept: &'d Department,
+        step_index: usize,
+        already: &HashSet<String>,
+        drawn: &mut HashSet<AckCode>,
+    ) -> Vec<(&'d Contact, AckCode, LinkToken)> {
         let Some(step) = schedule.escalation.get(step_index) else {
             return Vec::new();
         };
@@ -379,8 +381,34 @@ impl Engine {
                         break code;
                     }
                 };
-                let token = LinkToken::generate(&mut *rng);
-                let messages = self.messages_for(
+                (contact, code, LinkToken::generate(&mut *rng))
+            })
+            .collect()
+    }
+
+    /// The outcomes of drawn contacts, with their messages rendered.
+    fn render_step(
+        &self,
+        schedule: &Schedule,
+        dept: &Department,
+        step_index: usize,
+        round_label: &str,
+        clock: Clockwork,
+        draws: Vec<(&Contact, AckCode, LinkToken)>,
+    ) -> Vec<NewOutcome> {
+        let Some(step) = schedule.escalation.get(step_index) else {
+            return Vec::new();
+        };
+        draws
+            .into_iter()
+            .map(|(contact, code, token)| NewOutcome {
+                contact_id: contact.id.to_string(),
+                role: contact.role.as_str().to_owned(),
+                code: code.to_string(),
+                token_digest: token.digest(),
+                token_expires_at: clock.deadline_at + TOKEN_LIFETIME_AFTER_DEADLINE,
+                step: step_index as i64 + 1,
+                messages: self.messages_for(
                     schedule,
                     dept,
                     contact,
@@ -389,18 +417,69 @@ impl Engine {
                     &code,
                     &token,
                     clock,
-                );
-                NewOutcome {
-                    contact_id: contact.id.to_string(),
-                    role: contact.role.as_str().to_owned(),
-                    code: code.to_string(),
-                    token_digest: token.digest(),
-                    token_expires_at: clock.deadline_at + TOKEN_LIFETIME_AFTER_DEADLINE,
-                    step: step_index as i64 + 1,
-                    messages,
-                }
+                ),
             })
             .collect()
+    }
+
+    /// A round's first-step notifications: codes drawn in department order,
+    /// messages rendered on every core (a round of thousands of contacts
+    /// renders tens of thousands of texts, the larger part of its firing
+    /// tick after the store's write).
+    fn first_step_notifications(
+        &self,
+        schedule: &Schedule,
+        targets: &[&Department],
+        round_label: &str,
+        clock: Clockwork,
+    ) -> Vec<NewNotification> {
+        // A round of thousands of contacts draws thousands of codes at
+        // once; they must differ among themselves, not only from the
+        // codes already live (10,000 draws from 31^5 codes repeat one
+        // with a probability of about 83%).
+        let mut drawn = HashSet::new();
+        let none = HashSet::new();
+        let draws: Vec<_> = targets
+            .iter()
+            .map(|dept| (*dept, self.draw_step(schedule, dept, 0, &none, &mut drawn)))
+            .collect();
+        let render = |part: Vec<(&Department, Vec<(&Contact, AckCode, LinkToken)>)>| {
+            part.into_iter()
+                .map(|(dept, draws)| NewNotification {
+                    department: dept.code.to_string(),
+                    outcomes: self.render_step(schedule, dept, 0, round_label, clock, draws),
+                })
+                .collect::<Vec<_>>()
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(4);
+        if threads < 2 || draws.len() < PARALLEL_RENDER_FROM {
+            return render(draws);
+        }
+        let per_part = draws.len().div_ceil(threads);
+        let mut parts = Vec::with_capacity(threads);
+        let mut rest = draws;
+        while rest.len() > per_part {
+            let tail = rest.split_off(per_part);
+            parts.push(rest);
+            rest = tail;
+        }
+        parts.push(rest);
+        std::thread::scope(|scope| {
+            let mut parts = parts.into_iter();
+            // This thread renders the first part while the others run.
+            let first = parts.next().unwrap_or_default();
+            let others: Vec<_> = parts.map(|part| scope.spawn(|| render(part))).collect();
+            let mut out = render(first);
+            for other in others {
+                match other.join() {
+                    Ok(rendered) => out.extend(rendered),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            out
+        })
     }
 
     #[expect(clippy::too_many_arguments, reason = "everything a message says")]
