@@ -33,6 +33,9 @@ pub const TOKEN_LIFETIME_AFTER_DEADLINE: TimeDelta = TimeDelta::hours(24);
 /// round to all 70 departments of the sample roster is rendered in parallel.
 const PARALLEL_RENDER_FROM: usize = 64;
 
+/// A contact a step notifies, with the code and link token drawn for it.
+type Draw<'d> = (&'d Contact, AckCode, LinkToken);
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
@@ -366,7 +369,7 @@ impl Engine {
         step_index: usize,
         already: &HashSet<String>,
         drawn: &mut HashSet<AckCode>,
-    ) -> Vec<(&'d Contact, AckCode, LinkToken)> {
+    ) -> Vec<Draw<'d>> {
         let Some(step) = schedule.escalation.get(step_index) else {
             return Vec::new();
         };
@@ -394,7 +397,7 @@ impl Engine {
         step_index: usize,
         round_label: &str,
         clock: Clockwork,
-        draws: Vec<(&Contact, AckCode, LinkToken)>,
+        draws: Vec<Draw<'_>>,
     ) -> Vec<NewOutcome> {
         let Some(step) = schedule.escalation.get(step_index) else {
             return Vec::new();
@@ -443,7 +446,7 @@ impl Engine {
             .iter()
             .map(|dept| (*dept, self.draw_step(schedule, dept, 0, &none, &mut drawn)))
             .collect();
-        let render = |part: Vec<(&Department, Vec<(&Contact, AckCode, LinkToken)>)>| {
+        let render = |part: Vec<(&Department, Vec<Draw<'_>>)>| {
             part.into_iter()
                 .map(|(dept, draws)| NewNotification {
                     department: dept.code.to_string(),
