@@ -55,7 +55,7 @@ use rollcall::domain::plan::Plan;
 use rollcall::domain::render::{Payload, email_html};
 use rollcall::domain::schedule::{RoundSpec, Schedule, Step};
 use rollcall::domain::{ChannelKind, EmailAddress};
-use rollcall::engine::{Engine, load_exercise};
+use rollcall::engine::Engine;
 use rollcall::sinks::{self, ReceivedMail, ReceivedSms, ReceivedWebhook, Recorder, TwilioFake};
 use rollcall::store::{
     Claim, Clockwork, Finished, NewMessage, NewNotification, NewOutcome, SendResult, Store,
@@ -328,15 +328,7 @@ async fn rig(backend: &Backend, run: usize, sinks: &Sinks) -> Rig {
     let store = fresh.store.clone();
     let (roster, schedule, plan) = exercise(&format!("http://{}", sinks.webhooks));
     let start = plan.rounds[0].at - TimeDelta::minutes(1);
-    load_exercise(&store, &roster, &schedule, &plan, start)
-        .await
-        .expect("the exercise loads");
-    assert!(
-        store
-            .set_exercise_state(&schedule.id, &["loaded"], "running", start, Some("bench"))
-            .await
-            .expect("the exercise starts")
-    );
+    support::fixtures::load_and_start(&store, &roster, &schedule, &plan, start).await;
     let clock = ManualClock::new(start);
     let shared: SharedClock = clock.clone();
     let cfg = config(sinks);

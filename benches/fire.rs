@@ -41,7 +41,7 @@ use rollcall::domain::contacts::{Role, Roster};
 use rollcall::domain::plan::Plan;
 use rollcall::domain::render::{Alert, Payload};
 use rollcall::domain::schedule::Schedule;
-use rollcall::engine::{Engine, TOKEN_LIFETIME_AFTER_DEADLINE, load_exercise};
+use rollcall::engine::{Engine, TOKEN_LIFETIME_AFTER_DEADLINE};
 use rollcall::store::{Clockwork, NewMessage, NewNotification, NewOutcome, RoundRow, Store};
 use support::{Human, Samples, compare, verdict};
 
@@ -79,15 +79,8 @@ async fn rig(roster: &Roster, schedule: &Schedule, plan: &Plan) -> Rig {
     let store = Store::connect(&url).await.expect("the store opens");
     let start = schedule.window_start - TimeDelta::minutes(1);
     let clock = ManualClock::new(start);
-    let (_, roster_version) = load_exercise(&store, roster, schedule, plan, start)
-        .await
-        .expect("the exercise loads");
-    assert!(
-        store
-            .set_exercise_state(&schedule.id, &["loaded"], "running", start, Some("bench"))
-            .await
-            .expect("the exercise starts")
-    );
+    let roster_version =
+        support::fixtures::load_and_start(&store, roster, schedule, plan, start).await;
     let shared: SharedClock = clock.clone();
     let cfg = Config::default();
     assert!(!cfg.has_live_provider(), "no message leaves the machine");

@@ -15,7 +15,7 @@ use crate::domain::codes::{AckCode, LinkToken};
 use crate::domain::contacts::{Contact, Department, Roster};
 use crate::domain::plan::Plan;
 use crate::domain::render::{Alert, Names, Payload, TextKind};
-use crate::domain::schedule::Schedule;
+use crate::domain::schedule::{Schedule, Step};
 use crate::domain::{ChannelKind, Lang};
 use crate::store::{
     Clockwork, NewMessage, NewNotification, NewOutcome, OpenNotification, RoundRow, Store,
@@ -354,25 +354,24 @@ impl Engine {
         already: &HashSet<String>,
         drawn: &mut HashSet<AckCode>,
     ) -> Vec<NewOutcome> {
-        let draws = self.draw_step(schedule, dept, step_index, already, drawn);
-        self.render_step(schedule, dept, step_index, round_label, clock, draws)
+        let Some(step) = schedule.escalation.get(step_index) else {
+            return Vec::new();
+        };
+        let draws = self.draw_step(step, dept, already, drawn);
+        self.render_step(schedule, dept, step, step_index, round_label, clock, &draws)
     }
 
-    /// The contacts one step notifies, each with a fresh code (differing
-    /// from those in `drawn`) and link token. Drawing is kept apart from
+    /// The contacts `step` notifies, each with a fresh code (differing from
+    /// those in `drawn`) and link token. Drawing is kept apart from
     /// rendering so that a round's codes come from the generator in one
     /// fixed order while its messages are rendered in parallel.
     fn draw_step<'d>(
         &self,
-        schedule: &Schedule,
+        step: &Step,
         dept: &'d Department,
-        step_index: usize,
         already: &HashSet<String>,
         drawn: &mut HashSet<AckCode>,
     ) -> Vec<Draw<'d>> {
-        let Some(step) = schedule.escalation.get(step_index) else {
-            return Vec::new();
-        };
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
         dept.contacts
             .iter()
@@ -390,20 +389,19 @@ impl Engine {
     }
 
     /// The outcomes of drawn contacts, with their messages rendered.
+    #[expect(clippy::too_many_arguments, reason = "one step of one department")]
     fn render_step(
         &self,
         schedule: &Schedule,
         dept: &Department,
+        step: &Step,
         step_index: usize,
         round_label: &str,
         clock: Clockwork,
-        draws: Vec<Draw<'_>>,
+        draws: &[Draw<'_>],
     ) -> Vec<NewOutcome> {
-        let Some(step) = schedule.escalation.get(step_index) else {
-            return Vec::new();
-        };
         draws
-            .into_iter()
+            .iter()
             .map(|(contact, code, token)| NewOutcome {
                 contact_id: contact.id.to_string(),
                 role: contact.role.as_str().to_owned(),
@@ -417,8 +415,8 @@ impl Engine {
                     contact,
                     &step.via,
                     round_label,
-                    &code,
-                    &token,
+                    code,
+                    token,
                     clock,
                 ),
             })
@@ -442,15 +440,23 @@ impl Engine {
         // with a probability of about 83%).
         let mut drawn = HashSet::new();
         let none = HashSet::new();
+        let step = schedule.escalation.first();
         let draws: Vec<_> = targets
             .iter()
-            .map(|dept| (*dept, self.draw_step(schedule, dept, 0, &none, &mut drawn)))
+            .map(|dept| {
+                let draws = step.map_or_else(Vec::new, |step| {
+                    self.draw_step(step, dept, &none, &mut drawn)
+                });
+                (*dept, draws)
+            })
             .collect();
-        let render = |part: Vec<(&Department, Vec<Draw<'_>>)>| {
-            part.into_iter()
+        let render = |part: &[(&Department, Vec<Draw<'_>>)]| {
+            part.iter()
                 .map(|(dept, draws)| NewNotification {
                     department: dept.code.to_string(),
-                    outcomes: self.render_step(schedule, dept, 0, round_label, clock, draws),
+                    outcomes: step.map_or_else(Vec::new, |step| {
+                        self.render_step(schedule, dept, step, 0, round_label, clock, draws)
+                    }),
                 })
                 .collect::<Vec<_>>()
         };
@@ -458,19 +464,10 @@ impl Engine {
             .map_or(1, usize::from)
             .min(4);
         if threads < 2 || draws.len() < PARALLEL_RENDER_FROM {
-            return render(draws);
+            return render(&draws);
         }
-        let per_part = draws.len().div_ceil(threads);
-        let mut parts = Vec::with_capacity(threads);
-        let mut rest = draws;
-        while rest.len() > per_part {
-            let tail = rest.split_off(per_part);
-            parts.push(rest);
-            rest = tail;
-        }
-        parts.push(rest);
         std::thread::scope(|scope| {
-            let mut parts = parts.into_iter();
+            let mut parts = draws.chunks(draws.len().div_ceil(threads));
             // This thread renders the first part while the others run.
             let first = parts.next().unwrap_or_default();
             let others: Vec<_> = parts.map(|part| scope.spawn(|| render(part))).collect();

@@ -10,6 +10,8 @@ use rollcall::domain::schedule::{
     AckPolicy, CalendarSpec, HolidaySource, Marker, Notice, RoundSpec, Schedule, Step, Targets,
 };
 use rollcall::domain::{ChannelKind, ContactId, DepartmentCode, EmailAddress, Lang, PhoneE164};
+use rollcall::engine::load_exercise;
+use rollcall::store::Store;
 use rollcall::yaml::Problems;
 
 /// The three roles a department is reached through.
@@ -45,16 +47,14 @@ pub fn roster(departments: usize, own_hours_every: Option<usize>) -> Roster {
                     )
                 })
                 .collect();
-            Department {
-                office_hours: own_hours_every
-                    .filter(|every| n % every == 0)
-                    .map(|_| seven_day.clone()),
-                file: format!("{lower}.yaml"),
-                name_en: format!("Department {n}"),
-                name_zh: None,
+            department(
+                n,
                 code,
                 contacts,
-            }
+                own_hours_every
+                    .filter(|every| n % every == 0)
+                    .map(|_| seven_day.clone()),
+            )
         })
         .collect();
     Roster { departments }
@@ -80,6 +80,46 @@ pub fn plan_of(schedule: &Schedule, roster: &Roster) -> Plan {
     );
     assert!(!problems.has_errors(), "the bench plan has no errors");
     plan
+}
+
+/// Department number `n`, named after its number, as if read from
+/// `<code>.yaml`.
+fn department(
+    n: usize,
+    code: DepartmentCode,
+    contacts: Vec<Contact>,
+    office_hours: Option<OfficeHours>,
+) -> Department {
+    Department {
+        office_hours,
+        file: format!("{}.yaml", code.as_str().to_lowercase()),
+        name_en: format!("Department {n}"),
+        name_zh: None,
+        code,
+        contacts,
+    }
+}
+
+/// Loads `schedule` (planned as `plan`) over `roster` into `store` and
+/// starts it at `at`, as `rollcall exercise load` and `exercise start` do;
+/// returns the roster version it stored.
+pub async fn load_and_start(
+    store: &Store,
+    roster: &Roster,
+    schedule: &Schedule,
+    plan: &Plan,
+    at: DateTime<Utc>,
+) -> i64 {
+    let (_, roster_version) = load_exercise(store, roster, schedule, plan, at)
+        .await
+        .expect("the exercise loads");
+    assert!(
+        store
+            .set_exercise_state(&schedule.id, &["loaded"], "running", at, Some("bench"))
+            .await
+            .expect("the exercise starts")
+    );
+    roster_version
 }
 
 /// A contact of `code` reachable by SMS at `mobile` and by email at
@@ -206,14 +246,7 @@ pub fn reachable_roster(departments: usize, per_department: usize, webhook_base:
                     c
                 })
                 .collect();
-            Department {
-                office_hours: None,
-                file: format!("{lower}.yaml"),
-                name_en: format!("Department {n}"),
-                name_zh: None,
-                code,
-                contacts,
-            }
+            department(n, code, contacts, None)
         })
         .collect();
     Roster { departments }

@@ -2562,6 +2562,27 @@ async fn sms_to_a_number_that_opted_out_are_cancelled_until_it_opts_back_in(stor
     assert_eq!(store.cancel_opted_out(at(4)).await.unwrap(), 0);
 }
 
+/// The rows an outbox message points at, written as SQL so that a database
+/// at any migration takes them: a roster, a running exercise, a fired round,
+/// one open notification (id 1) and one outcome (id 1).
+async fn insert_outbox_parents(pool: &sqlx::SqlitePool) {
+    for sql in [
+        "INSERT INTO roster_versions (loaded_at, digest, roster_json) VALUES (1, 'd', '{}')",
+        "INSERT INTO exercises (id, title, schedule_json, schedule_digest, roster_version, state, loaded_at) \
+         VALUES ('ex', 'Drill', '{}', 'd', 1, 'running', 1)",
+        "INSERT INTO rounds (exercise_id, label, slot, planned_at, fired_at, state) VALUES ('ex', 'R01', 's1', 2, 2, 'fired')",
+        "INSERT INTO notifications (round_id, department, status, fired_at, target_at, deadline_at, final_at) \
+         VALUES (1, 'DPO', 'open', 2, 3, 4, 5)",
+        "INSERT INTO outcomes (notification_id, contact_id, role, code, token_digest, token_expires_at, step, notified_at) \
+         VALUES (1, 'dpo-1', 'primary', 'ABCDE', 'digest', 9, 1, 2)",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
 /// Migration 0007 rebuilds SQLite's `messages` table to hold the outbox rules
 /// as CHECK constraints. A database written before it keeps every message
 /// exactly, its receipts still point at them, ids go on from where they
@@ -2579,15 +2600,8 @@ async fn an_outbox_written_before_the_rules_became_constraints_survives_the_rebu
         .run_to(6, &pool)
         .await
         .unwrap();
+    insert_outbox_parents(&pool).await;
     for sql in [
-        "INSERT INTO roster_versions (loaded_at, digest, roster_json) VALUES (1, 'd', '{}')",
-        "INSERT INTO exercises (id, title, schedule_json, schedule_digest, roster_version, state, loaded_at) \
-         VALUES ('ex', 'Drill', '{}', 'd', 1, 'running', 1)",
-        "INSERT INTO rounds (exercise_id, label, slot, planned_at, fired_at, state) VALUES ('ex', 'R01', 's1', 2, 2, 'fired')",
-        "INSERT INTO notifications (round_id, department, status, fired_at, target_at, deadline_at, final_at) \
-         VALUES (1, 'DPO', 'open', 2, 3, 4, 5)",
-        "INSERT INTO outcomes (notification_id, contact_id, role, code, token_digest, token_expires_at, step, notified_at) \
-         VALUES (1, 'dpo-1', 'primary', 'ABCDE', 'digest', 9, 1, 2)",
         "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, roster_version, step, state, \
          payload, created_at, due_at, expires_at) \
          VALUES (1, 1, 'dpo-1', 'sms', '+85291234567', 1, 1, 'pending', '{\"kind\":\"sms\"}', 2, 2, 4)",
@@ -2683,21 +2697,7 @@ async fn the_respelled_outbox_rules_accept_and_refuse_exactly_what_they_did() {
             Some(v) => migrator.run_to(v, &pool).await.unwrap(),
             None => migrator.run(&pool).await.unwrap(),
         }
-        for sql in [
-            "INSERT INTO roster_versions (loaded_at, digest, roster_json) VALUES (1, 'd', '{}')",
-            "INSERT INTO exercises (id, title, schedule_json, schedule_digest, roster_version, state, loaded_at) \
-             VALUES ('ex', 'Drill', '{}', 'd', 1, 'running', 1)",
-            "INSERT INTO rounds (exercise_id, label, slot, planned_at, fired_at, state) VALUES ('ex', 'R01', 's1', 2, 2, 'fired')",
-            "INSERT INTO notifications (round_id, department, status, fired_at, target_at, deadline_at, final_at) \
-             VALUES (1, 'DPO', 'open', 2, 3, 4, 5)",
-            "INSERT INTO outcomes (notification_id, contact_id, role, code, token_digest, token_expires_at, step, notified_at) \
-             VALUES (1, 'dpo-1', 'primary', 'ABCDE', 'digest', 9, 1, 2)",
-        ] {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&pool)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        }
+        insert_outbox_parents(&pool).await;
         pool
     }
     /// What the table said to a row: taken, or refused by a named rule (an
