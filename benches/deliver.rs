@@ -518,7 +518,7 @@ fn wires(payloads: &[(i64, Payload)], cfg: &Config, now: DateTime<Utc>) -> Vec<W
                 }
             }
             Payload::Webhook { url, body, .. } => {
-                let body = body.to_string().into_bytes();
+                let body = body.get().as_bytes().to_vec();
                 Wire::Webhook {
                     path: reqwest::Url::parse(url).expect("a url").path().to_owned(),
                     key: id.to_string(),

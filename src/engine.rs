@@ -14,7 +14,7 @@ use crate::config::SenderMode;
 use crate::domain::codes::{AckCode, LinkToken};
 use crate::domain::contacts::{Contact, Department, Roster};
 use crate::domain::plan::Plan;
-use crate::domain::render::{Alert, Names, Payload, TextKind};
+use crate::domain::render::{Alert, Names, Payload, RawJson, TextKind};
 use crate::domain::schedule::{Schedule, Step};
 use crate::domain::{ChannelKind, Lang};
 use crate::store::{
@@ -35,6 +35,29 @@ const PARALLEL_RENDER_FROM: usize = 64;
 
 /// A contact a step notifies, with the code and link token drawn for it.
 type Draw<'d> = (&'d Contact, AckCode, LinkToken);
+
+/// The webhook payload (README, "Webhook payload"), its fields in the
+/// order they are written.
+#[derive(serde::Serialize)]
+struct WebhookBody<'a> {
+    ack_url: &'a str,
+    code: &'a str,
+    deadline: String,
+    department: &'a str,
+    drill: bool,
+    exercise: &'a str,
+    lang: &'a str,
+    notification: String,
+    round: &'a str,
+    schema: u32,
+    text: String,
+    token: &'a str,
+}
+
+/// A webhook body as JSON text (serialising plain strings cannot fail).
+fn webhook_body(body: &WebhookBody<'_>) -> RawJson {
+    RawJson::of(body).expect("a webhook body serialises")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -555,19 +578,27 @@ impl Engine {
                         Payload::Webhook {
                             url: w.url.clone(),
                             secret_env: w.secret_env.clone(),
-                            body: serde_json::json!({
-                                "schema": 1,
-                                "exercise": schedule.id,
-                                "round": round_label,
-                                "department": dept.code,
-                                "notification": format!("{}/{}/{}", schedule.id, round_label, dept.code),
-                                "token": token.as_str(),
-                                "code": code.as_str(),
-                                "ack_url": ack_url,
-                                "deadline": clock.deadline_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                                "drill": true,
-                                "text": text(TextKind::WebhookText),
-                                "lang": match contact.lang { Lang::En => "en", Lang::Zh => "zh" },
+                            body: webhook_body(&WebhookBody {
+                                ack_url: &ack_url,
+                                code: code.as_str(),
+                                deadline: clock
+                                    .deadline_at
+                                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                                department: dept.code.as_str(),
+                                drill: true,
+                                exercise: &schedule.id,
+                                lang: match contact.lang {
+                                    Lang::En => "en",
+                                    Lang::Zh => "zh",
+                                },
+                                notification: format!(
+                                    "{}/{}/{}",
+                                    schedule.id, round_label, dept.code
+                                ),
+                                round: round_label,
+                                schema: 1,
+                                text: text(TextKind::WebhookText),
+                                token: token.as_str(),
                             }),
                         },
                     ),

@@ -19,7 +19,7 @@ use route::{Provider, ProviderChannel, SmsRoute};
 use sms::TwilioChannel;
 
 use crate::config::{Config, ProviderKind, Secrets};
-use crate::domain::render::Payload;
+use crate::domain::render::{Payload, RawJson};
 use crate::store::SendResult;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
@@ -153,17 +153,8 @@ impl Channels {
                 if self.sms.is_empty() {
                     return SendResult::NotConfigured;
                 }
-                let segments = crate::domain::sms::segments(text).count as u32;
                 self.sms
-                    .send(
-                        &self.http,
-                        message_id,
-                        to,
-                        text,
-                        segments,
-                        *deadline_at,
-                        now,
-                    )
+                    .send(&self.http, message_id, to, text, *deadline_at, now)
                     .await
             }
             Payload::Webhook {
@@ -226,7 +217,7 @@ impl Channels {
         message_id: i64,
         url: &str,
         secret: &[u8],
-        body: &serde_json::Value,
+        body: &RawJson,
         now: DateTime<Utc>,
     ) -> SendResult {
         // Waiting for the host's gate is pacing, not part of the POST's
@@ -235,7 +226,7 @@ impl Channels {
         let parsed = reqwest::Url::parse(url).ok();
         let gate = self.webhook_gate(parsed.as_ref(), url);
         let _permit = gate.acquire().await;
-        let raw = body.to_string().into_bytes();
+        let raw = body.get().as_bytes().to_vec();
         let sig = signature_header(secret, now.timestamp(), &raw);
         let request = match parsed {
             Some(u) => self.http.post(u),

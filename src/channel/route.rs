@@ -161,18 +161,18 @@ impl SmsRoute {
     /// Sends through the first provider that is not held open, paced by its
     /// bucket; a transient failure that opens a breaker hands the message to
     /// the next provider at once.
-    #[expect(clippy::too_many_arguments, reason = "one message's fields")]
     pub(super) async fn send(
         &self,
         http: &reqwest::Client,
         message_id: i64,
         to: &str,
         text: &str,
-        segments: u32,
         deadline_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> SendResult {
         let mut earliest_probe: Option<DateTime<Utc>> = None;
+        // Counted only for a provider with a rate.
+        let mut segments = None;
         for (i, p) in self.providers.iter().enumerate() {
             let probing = {
                 let b = lock(&p.breaker);
@@ -186,7 +186,14 @@ impl SmsRoute {
                 }
             };
             if let Some(bucket) = &p.bucket
-                && let Err(until) = lock(bucket).take(message_id, f64::from(segments), now)
+                && let Err(until) = lock(bucket).take(
+                    message_id,
+                    f64::from(
+                        *segments
+                            .get_or_insert_with(|| crate::domain::sms::segments(text).count as u32),
+                    ),
+                    now,
+                )
             {
                 return SendResult::Deferred { until };
             }

@@ -39,7 +39,7 @@ pub struct Alert<'a> {
 }
 
 /// A rendered message as stored in the outbox until the provider has it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Payload {
     Sms {
@@ -55,8 +55,86 @@ pub enum Payload {
     Webhook {
         url: String,
         secret_env: Option<String>,
-        body: serde_json::Value,
+        body: RawJson,
     },
+}
+
+/// A JSON document kept as its text: a webhook body goes from the renderer
+/// to the outbox and from the outbox to the wire without being taken apart
+/// and put together again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// `value` as JSON text.
+    pub fn of(value: &impl Serialize) -> Result<RawJson, serde_json::Error> {
+        serde_json::value::to_raw_value(value).map(RawJson)
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The document as a value, for reading fields.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.get()).unwrap_or_default()
+    }
+}
+
+/// A stored payload's fields, read in one pass. (serde's internally tagged
+/// enums buffer their fields, and a buffered field cannot be kept as raw
+/// JSON, so [`Payload`] reads this and checks it by hand.)
+#[derive(Deserialize)]
+struct StoredPayload {
+    kind: String,
+    to: Option<String>,
+    text: Option<String>,
+    deadline_at: Option<DateTime<Utc>>,
+    subject: Option<String>,
+    url: Option<String>,
+    secret_env: Option<String>,
+    body: Option<RawJson>,
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Payload, D::Error> {
+        use serde::de::Error;
+        let p = StoredPayload::deserialize(deserializer)?;
+        let need = |field: Option<String>, name: &'static str| {
+            field.ok_or_else(|| D::Error::missing_field(name))
+        };
+        match p.kind.as_str() {
+            "sms" => Ok(Payload::Sms {
+                to: need(p.to, "to")?,
+                text: need(p.text, "text")?,
+                deadline_at: p
+                    .deadline_at
+                    .ok_or_else(|| D::Error::missing_field("deadline_at"))?,
+            }),
+            "email" => Ok(Payload::Email {
+                to: need(p.to, "to")?,
+                subject: need(p.subject, "subject")?,
+                text: need(p.text, "text")?,
+            }),
+            "webhook" => Ok(Payload::Webhook {
+                url: need(p.url, "url")?,
+                secret_env: p.secret_env,
+                body: p.body.ok_or_else(|| D::Error::missing_field("body"))?,
+            }),
+            other => Err(D::Error::unknown_variant(
+                other,
+                &["sms", "email", "webhook"],
+            )),
+        }
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &RawJson) -> bool {
+        self.get() == other.get()
+    }
 }
 
 /// What a template can say beyond the alert itself: the names behind the
@@ -1075,5 +1153,65 @@ mod tests {
              </body>\n</html>\n"
         );
         assert!(email_html("a\nb\n\nc").contains("<p>a<br>\nb</p>\n<p>c</p>"));
+    }
+
+    #[test]
+    fn a_stored_payload_reads_back_as_written_and_a_bad_one_says_what_is_wrong() {
+        let deadline = DateTime::parse_from_rfc3339("2027-02-27T15:00:00Z")
+            .unwrap()
+            .to_utc();
+        let body = RawJson::of(&serde_json::json!({"code": "K7M2Q", "text": "a\n\"b\""})).unwrap();
+        for payload in [
+            Payload::Sms {
+                to: "+85291234567".into(),
+                text: "reply K7M2Q".into(),
+                deadline_at: deadline,
+            },
+            Payload::Email {
+                to: "a@example.org".into(),
+                subject: "drill".into(),
+                text: "line\nline".into(),
+            },
+            Payload::Webhook {
+                url: "https://hooks.example.org/r".into(),
+                secret_env: Some("HOOK_SECRET".into()),
+                body: body.clone(),
+            },
+        ] {
+            let stored = serde_json::to_string(&payload).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Payload>(&stored).unwrap(),
+                payload,
+                "{stored}"
+            );
+        }
+        // The webhook body goes to the wire as it was rendered, byte for byte.
+        let stored = serde_json::to_string(&Payload::Webhook {
+            url: "u".into(),
+            secret_env: None,
+            body: body.clone(),
+        })
+        .unwrap();
+        let Payload::Webhook { body: read, .. } = serde_json::from_str(&stored).unwrap() else {
+            panic!("not a webhook");
+        };
+        assert_eq!(read.get(), r#"{"code":"K7M2Q","text":"a\n\"b\""}"#);
+        // A row written before bodies were kept raw reads the same.
+        let old =
+            r#"{"kind":"webhook","url":"u","secret_env":null,"body":{"schema":1,"drill":true}}"#;
+        let Payload::Webhook { body, .. } = serde_json::from_str(old).unwrap() else {
+            panic!("not a webhook");
+        };
+        assert_eq!(body.to_value()["schema"], 1);
+
+        let error = |json: &str| {
+            serde_json::from_str::<Payload>(json)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(error(r#"{"kind":"sms","to":"+85291234567"}"#).contains("missing field `text`"));
+        assert!(error(r#"{"kind":"webhook","url":"u"}"#).contains("missing field `body`"));
+        assert!(error(r#"{"kind":"fax","to":"1"}"#).contains("unknown variant `fax`"));
+        assert!(error(r#"{"to":"1"}"#).contains("missing field `kind`"));
     }
 }

@@ -66,15 +66,6 @@ const INSERT_ROWS: usize = 500;
 /// the stalls they avoid.)
 const PG_STATEMENT_BYTES: usize = 12 * 1024;
 
-/// How much a statement may carry on this store: PostgreSQL's budget, or
-/// no limit but the row count on SQLite (an in-process library).
-fn statement_bytes(store: &Store) -> usize {
-    match store {
-        Store::Sqlite(_) => usize::MAX,
-        Store::Postgres(_) => PG_STATEMENT_BYTES,
-    }
-}
-
 /// Splits `items` into runs of equal length (the last may be shorter): at
 /// most `max_rows`, and few enough that a run of the largest item stays
 /// within `budget` bytes (at least one). Equal runs repeat one statement
@@ -92,6 +83,44 @@ fn chunks_within<T>(
 /// A fan-out of at least this many messages refreshes PostgreSQL's
 /// statistics of the outbox tables (see [`Store::fire_round`]).
 const ANALYZE_AFTER: usize = 1_000;
+
+/// Accepted messages per SQLite recording statement.
+const ACCEPT_ROWS: usize = 64;
+
+/// The SQLite statements that record `ACCEPT_ROWS` accepted messages: the
+/// messages from rows of (id, accepted at, provider, provider's reference),
+/// their outcomes from rows of (outcome id, accepted at), the earliest
+/// acceptance counting.
+fn sqlite_accept() -> (&'static str, &'static str) {
+    static SQL: std::sync::LazyLock<(String, String)> = std::sync::LazyLock::new(|| {
+        let rows = |width: usize| {
+            (0..ACCEPT_ROWS)
+                .map(|r| {
+                    let params: Vec<String> =
+                        (1..=width).map(|c| format!("${}", r * width + c)).collect();
+                    format!("({})", params.join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        (
+            format!(
+                "UPDATE messages SET state = 'accepted', accepted_at = j.column2, provider = j.column3, \
+                 provider_ref = j.column4, payload = NULL, claimed_by = NULL, claim_expires_at = NULL, last_error = NULL \
+                 FROM (VALUES {}) AS j WHERE messages.id = j.column1",
+                rows(4)
+            ),
+            format!(
+                "UPDATE outcomes SET accepted_at = j.at_ms \
+                 FROM (SELECT column1 AS id, MIN(column2) AS at_ms FROM (VALUES {}) \
+                       WHERE column1 IS NOT NULL GROUP BY column1) AS j \
+                 WHERE outcomes.id = j.id AND outcomes.accepted_at IS NULL",
+                rows(2)
+            ),
+        )
+    });
+    (SQL.0.as_str(), SQL.1.as_str())
+}
 
 /// A query builder for the transaction's database.
 fn builder<DB: sqlx::Database>(_: &sqlx::Transaction<'_, DB>, sql: &str) -> sqlx::QueryBuilder<DB>
@@ -446,17 +475,9 @@ impl Store {
             ),
         ];
         // Accepted messages (nearly all of them) are written by two
-        // statements per batch, from a JSON array of
-        // `{id, outcome_id, at_ms, provider, provider_ref}`.
-        const SQLITE_ACCEPT: &str = "UPDATE messages SET state = 'accepted', accepted_at = j.at_ms, provider = j.provider, \
-             provider_ref = j.provider_ref, payload = NULL, claimed_by = NULL, claim_expires_at = NULL, last_error = NULL \
-             FROM (SELECT value ->> 'id' AS id, value ->> 'at_ms' AS at_ms, value ->> 'provider' AS provider, \
-                   value ->> 'provider_ref' AS provider_ref FROM json_each($1)) AS j \
-             WHERE messages.id = j.id";
-        const SQLITE_ACCEPT_OUTCOMES: &str = "UPDATE outcomes SET accepted_at = j.at_ms \
-             FROM (SELECT value ->> 'outcome_id' AS id, MIN(value ->> 'at_ms') AS at_ms FROM json_each($1) \
-                   GROUP BY value ->> 'outcome_id') AS j \
-             WHERE outcomes.id = j.id AND outcomes.accepted_at IS NULL";
+        // statements per batch: on PostgreSQL from a JSON array of
+        // `{id, outcome_id, at_ms, provider, provider_ref}`, on SQLite from
+        // rows of bound values ([`sqlite_accept`]).
         const PG_ACCEPT: &str = "UPDATE messages SET state = 'accepted', accepted_at = j.at_ms, provider = j.provider, \
              provider_ref = j.provider_ref, payload = NULL, claimed_by = NULL, claim_expires_at = NULL, last_error = NULL \
              FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, at_ms bigint, provider text, provider_ref text) \
@@ -503,24 +524,51 @@ impl Store {
                 _ => None,
             })
             .collect();
-        let accepted: Vec<String> =
-            chunks_within(&accepted, usize::MAX, statement_bytes(self), |a| {
-                64 + a.provider.len() + a.provider_ref.map_or(0, str::len)
-            })
-            .map(|rows| serde_json::to_string(rows).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .collect::<Result<_>>()?;
-        let (accept, accept_outcomes, claims) = match self {
-            Store::Sqlite(_) => (SQLITE_ACCEPT, SQLITE_ACCEPT_OUTCOMES, SQLITE_CLAIMS),
-            Store::Postgres(_) => (PG_ACCEPT, PG_ACCEPT_OUTCOMES, PG_CLAIMS),
+        // PostgreSQL reads them as JSON documents; SQLite as bound rows of
+        // statements prepared for `ACCEPT_ROWS` rows (its JSON functions
+        // parsed each row's object once per field).
+        let (json, rows): (Vec<String>, &[Accepted<'_>]) = match self {
+            Store::Sqlite(_) => (Vec::new(), &accepted),
+            Store::Postgres(_) => (
+                chunks_within(&accepted, usize::MAX, PG_STATEMENT_BYTES, |a| {
+                    64 + a.provider.len() + a.provider_ref.map_or(0, str::len)
+                })
+                .map(|rows| {
+                    serde_json::to_string(rows).map_err(|e| StoreError::Corrupt(e.to_string()))
+                })
+                .collect::<Result<_>>()?,
+                &[],
+            ),
+        };
+        let claims = match self {
+            Store::Sqlite(_) => SQLITE_CLAIMS,
+            Store::Postgres(_) => PG_CLAIMS,
         };
         let claimed = on_db!(self, |p| {
             let mut tx = p.begin_write().await?;
-            for json in &accepted {
-                sqlx::query(accept).bind(json).execute(&mut *tx).await?;
-                sqlx::query(accept_outcomes)
+            for json in &json {
+                sqlx::query(PG_ACCEPT).bind(json).execute(&mut *tx).await?;
+                sqlx::query(PG_ACCEPT_OUTCOMES)
                     .bind(json)
                     .execute(&mut *tx)
                     .await?;
+            }
+            for chunk in rows.chunks(ACCEPT_ROWS) {
+                // Each statement takes `ACCEPT_ROWS` rows; a short chunk is
+                // padded with rows of nulls, which match nothing.
+                let mut q = sqlx::query(sqlite_accept().0);
+                let mut o = sqlx::query(sqlite_accept().1);
+                for i in 0..ACCEPT_ROWS {
+                    let a = chunk.get(i);
+                    q = q
+                        .bind(a.map(|a| a.id))
+                        .bind(a.map(|a| a.at_ms))
+                        .bind(a.map(|a| a.provider))
+                        .bind(a.and_then(|a| a.provider_ref));
+                    o = o.bind(a.map(|a| a.outcome_id)).bind(a.map(|a| a.at_ms));
+                }
+                q.execute(&mut *tx).await?;
+                o.execute(&mut *tx).await?;
             }
             for f in finished {
                 let (id, at) = (f.message.id, ms(f.at));

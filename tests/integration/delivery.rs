@@ -487,7 +487,7 @@ async fn webhooks_to_one_host_never_exceed_its_limit_and_other_hosts_go_on() {
         let payload = rollcall::domain::render::Payload::Webhook {
             url: urls[(id % 2) as usize].clone(),
             secret_env: Some("HELD_SECRET".into()),
-            body: serde_json::json!({ "n": id }),
+            body: rollcall::domain::render::RawJson::of(&serde_json::json!({ "n": id })).unwrap(),
         };
         sends.push(tokio::spawn(async move {
             channels.send(id, &payload, now).await

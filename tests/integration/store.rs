@@ -2913,7 +2913,8 @@ async fn a_message_whose_claim_nears_its_lapse_before_a_slot_frees_is_sent_once_
                 payload: serde_json::to_string(&Payload::Webhook {
                     url: url.clone(),
                     secret_env: Some("HELD_SECRET".into()),
-                    body: serde_json::json!({ "n": n }),
+                    body: rollcall::domain::render::RawJson::of(&serde_json::json!({ "n": n }))
+                        .unwrap(),
                 })
                 .unwrap(),
                 state: "pending",
