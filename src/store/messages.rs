@@ -111,7 +111,7 @@ fn sqlite_accept() -> (&'static str, &'static str) {
                 "UPDATE outcomes SET accepted_at = j.at_ms \
                  FROM (SELECT column1 AS id, MIN(column2) AS at_ms FROM (VALUES {}) \
                        WHERE column1 IS NOT NULL GROUP BY column1) AS j \
-                 WHERE outcomes.id = j.id AND outcomes.accepted_at IS NULL",
+                 WHERE outcomes.id = j.id AND (outcomes.accepted_at IS NULL OR outcomes.accepted_at > j.at_ms)",
                 rows(2)
             ),
         )
@@ -474,7 +474,9 @@ impl Store {
         // Accepted messages (nearly all of them) are written by two
         // statements per batch: on PostgreSQL from a JSON array of
         // `{id, outcome_id, at_ms, provider, provider_ref}`, on SQLite from
-        // rows of bound values ([`sqlite_accept`]).
+        // rows of bound values ([`sqlite_accept`]). A batch takes several
+        // statements, and a contact's messages may fall in different ones:
+        // its outcome keeps the earliest acceptance of them all.
         const PG_ACCEPT: &str = "UPDATE messages SET state = 'accepted', accepted_at = j.at_ms, provider = j.provider, \
              provider_ref = j.provider_ref, payload = NULL, claimed_by = NULL, claim_expires_at = NULL, last_error = NULL \
              FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, at_ms bigint, provider text, provider_ref text) \
@@ -483,7 +485,7 @@ impl Store {
              FROM (SELECT r.outcome_id AS id, MIN(r.at_ms) AS at_ms \
                    FROM jsonb_to_recordset($1::jsonb) AS r(outcome_id bigint, at_ms bigint) \
                    GROUP BY r.outcome_id) AS j \
-             WHERE outcomes.id = j.id AND outcomes.accepted_at IS NULL";
+             WHERE outcomes.id = j.id AND (outcomes.accepted_at IS NULL OR outcomes.accepted_at > j.at_ms)";
         const RETRY: &str = "UPDATE messages SET state = 'pending', due_at = $1, provider = $2, last_error = $3, \
              claimed_by = NULL, claim_expires_at = NULL WHERE id = $4";
         // `failed` or `expired`: final, with the provider's last word.

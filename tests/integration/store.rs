@@ -14,8 +14,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use rollcall::domain::codes::{CODE_ALPHABET, LinkToken, sha256_hex};
 use rollcall::domain::contacts::{self, Roster};
 use rollcall::store::{
-    AckOutcome, ClaimedMessage, Clockwork, LoadResult, NewExercise, NewMessage, NewNotification,
-    NewOutcome, NewRound, ReportRow, RoundRow, SendResult, Store, StoreError, ms,
+    AckOutcome, Claim, ClaimedMessage, Clockwork, Finished, LoadResult, NewExercise, NewMessage,
+    NewNotification, NewOutcome, NewRound, ReportRow, RoundRow, SendResult, Store, StoreError, ms,
 };
 use rollcall::yaml::Problems;
 
@@ -55,6 +55,7 @@ on_both_backends!(
     a_due_message_goes_to_one_worker_until_its_claim_lapses,
     claimers_working_at_once_never_share_a_message,
     the_outbox_records_what_each_provider_said,
+    a_batch_of_acceptances_records_every_message_and_each_contacts_first,
     an_escalation_step_adds_contacts_to_an_unacknowledged_department_once,
     notifications_become_final_at_deadline_plus_settle_by_the_status_rule,
     a_link_ack_counts_once_and_a_repeat_is_stored_without_a_new_ack,
@@ -1216,6 +1217,91 @@ async fn claimers_working_at_once_never_share_a_message(store: &Store) {
         "a message went to two workers"
     );
     assert_eq!(distinct.len(), 12, "every due message was claimed once");
+}
+
+/// A batch of results larger than one recording statement (SQLite's take
+/// 64 rows, the last padded with rows that match nothing; PostgreSQL's about
+/// 12 KB of JSON) records every
+/// acceptance with its provider's reference, gives each contact the time of
+/// its first acceptance, and leaves the messages it does not name alone.
+async fn a_batch_of_acceptances_records_every_message_and_each_contacts_first(store: &Store) {
+    let v = running_exercise(store, EX, &[("R01", 0)]).await;
+    let c = clockwork(at(0));
+    let departments: Vec<NewNotification> = (0..160_u32)
+        .map(|n| department(&format!("D{n:03}"), n + 1, c, &["sms", "email"]))
+        .collect();
+    fire(store, EX, "R01", v, c, &departments).await;
+    let t = at(0);
+    let claimed = store
+        .claim_messages("w1", t + secs(1), t + secs(31), 1_000)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 320);
+    // D159's two messages are still being sent; the other 318 were taken,
+    // each email (listed first) at 3 s and each SMS at 2 s.
+    let (left, done): (Vec<_>, Vec<_>) = claimed
+        .into_iter()
+        .partition(|m| m.contact_id == primary("D159"));
+    let (emails, texts): (Vec<_>, Vec<_>) = done.into_iter().partition(|m| m.channel == "email");
+    let finished: Vec<Finished> = emails
+        .iter()
+        .chain(&texts)
+        .map(|m| {
+            let sms = m.channel == "sms";
+            Finished {
+                message: m.clone(),
+                result: SendResult::Accepted {
+                    provider: if sms { "primary" } else { "smtp" }.into(),
+                    provider_ref: Some(format!("ref-{}", m.id)),
+                },
+                at: t + secs(if sms { 2 } else { 3 }),
+                retry_after: None,
+            }
+        })
+        .collect();
+    assert_eq!(finished.len(), 318);
+    let more = store
+        .finish_and_claim(
+            &finished,
+            &Claim {
+                worker: "w1",
+                now: t + secs(4),
+                until: t + secs(34),
+                limit: 0,
+                lapsed: false,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(more.is_empty(), "nothing was asked for");
+    for f in &finished {
+        let m = message(store, f.message.id).await;
+        let sms = f.message.channel == "sms";
+        assert_eq!(m.state, "accepted", "message {}", f.message.id);
+        assert_eq!(m.accepted_at, Some(ms(t + secs(if sms { 2 } else { 3 }))));
+        assert_eq!(
+            m.provider.as_deref(),
+            Some(if sms { "primary" } else { "smtp" })
+        );
+        assert_eq!(m.provider_ref, Some(format!("ref-{}", f.message.id)));
+        assert_eq!(m.payload, None);
+    }
+    for m in &left {
+        let facts = message(store, m.id).await;
+        assert_eq!(facts.state, "sending", "a message the batch did not name");
+        assert_eq!(facts.accepted_at, None);
+    }
+    const FIRST: &str = "SELECT contact_id, accepted_at FROM outcomes ORDER BY contact_id";
+    let firsts: Vec<(String, Option<i64>)> =
+        on_db!(store, |p| sqlx::query_as(FIRST).fetch_all(p).await).unwrap();
+    assert_eq!(firsts.len(), 160);
+    for (contact, first) in firsts {
+        let expected = (contact != primary("D159")).then(|| ms(t + secs(2)));
+        assert_eq!(
+            first, expected,
+            "{contact}: the earlier of its two acceptances"
+        );
+    }
 }
 
 async fn the_outbox_records_what_each_provider_said(store: &Store) {
