@@ -185,17 +185,12 @@ impl SmsRoute {
                     None => false,
                 }
             };
-            if let Some(bucket) = &p.bucket
-                && let Err(until) = lock(bucket).take(
-                    message_id,
-                    f64::from(
-                        *segments
-                            .get_or_insert_with(|| crate::domain::sms::segments(text).count as u32),
-                    ),
-                    now,
-                )
-            {
-                return SendResult::Deferred { until };
+            if let Some(bucket) = &p.bucket {
+                let need = *segments
+                    .get_or_insert_with(|| crate::domain::sms::segments(text).count as u32);
+                if let Err(until) = lock(bucket).take(message_id, f64::from(need), now) {
+                    return SendResult::Deferred { until };
+                }
             }
             let Reply {
                 result,

@@ -523,9 +523,7 @@ impl Store {
                 _ => None,
             })
             .collect();
-        // PostgreSQL reads them as JSON documents; SQLite as bound rows of
-        // statements prepared for `ACCEPT_ROWS` rows (its JSON functions
-        // parsed each row's object once per field).
+        // One side is empty: PostgreSQL's JSON documents or SQLite's rows.
         let (json, rows): (Vec<String>, &[Accepted<'_>]) = match self {
             Store::Sqlite(_) => (Vec::new(), &accepted),
             Store::Postgres(_) => (
@@ -552,11 +550,12 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
+            let (accept_rows, accept_outcome_rows) = sqlite_accept();
             for chunk in rows.chunks(ACCEPT_ROWS) {
                 // Each statement takes `ACCEPT_ROWS` rows; a short chunk is
                 // padded with rows of nulls, which match nothing.
-                let mut q = sqlx::query(sqlite_accept().0);
-                let mut o = sqlx::query(sqlite_accept().1);
+                let mut q = sqlx::query(accept_rows);
+                let mut o = sqlx::query(accept_outcome_rows);
                 for i in 0..ACCEPT_ROWS {
                     let a = chunk.get(i);
                     q = q

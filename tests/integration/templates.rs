@@ -757,7 +757,12 @@ async fn the_engine_sends_the_exercises_templates_and_the_built_in_text_when_one
             Payload::Sms { text: sms, .. },
             Payload::Email { subject, text, .. },
             Payload::Webhook { body, .. },
-        ) => (sms, subject, text, body.to_value()),
+        ) => (
+            sms,
+            subject,
+            text,
+            serde_json::from_str::<serde_json::Value>(body.get()).unwrap(),
+        ),
         other => panic!("unexpected payloads {other:?}"),
     };
     let code = code_between(subject, "[EXERCISE] tpl R01: code ", " [EXERCISE]");
