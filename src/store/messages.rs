@@ -7,8 +7,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use crate::domain::status::{NotificationFacts, status_at};
 
 use super::{
-    AckOutcome, ClaimedMessage, DueNotification, NewNotification, NewOutcome, OpenNotification,
-    ReportRow, Result, SendResult, Store, StoreError, TokenInfo, WritePool, from_ms, ms,
+    AckOutcome, ClaimedMessage, DueNotification, NewMessage, NewNotification, NewOutcome,
+    OpenNotification, ReportRow, Result, SendResult, Store, StoreError, TokenInfo, WritePool,
+    from_ms, ms,
 };
 
 /// What the channel said about one claimed message, for
@@ -50,10 +51,10 @@ fn unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
-/// Rows per multi-row `INSERT` (a message row binds 13 values): far inside
-/// SQLite's and PostgreSQL's limits on bound parameters, and few enough
-/// statements that a round of thousands of messages is written in a few
-/// dozen round trips to the database instead of one per row.
+/// Rows per multi-row `INSERT` on SQLite (a message row binds 13 values):
+/// far inside SQLite's limit on bound parameters, and few enough statements
+/// that a round of thousands of messages is written in a few dozen
+/// statements instead of one per row.
 const INSERT_ROWS: usize = 500;
 
 /// Bytes of bound values per recording statement on PostgreSQL. sqlx 0.9.0
@@ -61,9 +62,8 @@ const INSERT_ROWS: usize = 500;
 /// larger than the socket's initial send buffer (16 KB on Linux) goes out in
 /// two writes, and the second waits for the server's delayed ACK, about
 /// 40 ms per statement. Results are recorded in requests under this size,
-/// which go out in one. (The fan-out's inserts are left at 500 rows: cut
-/// this small they cost more in round trips and per-statement work than
-/// the stalls they avoid.)
+/// which go out in one. (The fan-out's few statements, see
+/// [`PG_FANOUT_ROWS`], pay that wait once each.)
 const PG_STATEMENT_BYTES: usize = 12 * 1024;
 
 /// Splits `items` into runs of equal length (the last may be shorter): at
@@ -119,25 +119,105 @@ fn sqlite_accept() -> (&'static str, &'static str) {
     (SQL.0.as_str(), SQL.1.as_str())
 }
 
-/// A query builder for the transaction's database.
-fn builder<DB: sqlx::Database>(_: &sqlx::Transaction<'_, DB>, sql: &str) -> sqlx::QueryBuilder<DB>
-where
-    DB::Arguments: Default,
-{
-    sqlx::QueryBuilder::new(sql)
+/// Outcome ids by (notification, contact), as the outcome inserts return them.
+type OutcomeIds = HashMap<(i64, String), i64>;
+
+/// Each outcome's messages, with the ids they hang from.
+fn messages_of<'a>(
+    items: &[(i64, &'a NewOutcome)],
+    outcome_ids: &OutcomeIds,
+) -> std::result::Result<Vec<(i64, i64, &'a NewOutcome, &'a NewMessage)>, sqlx::Error> {
+    let mut messages = Vec::with_capacity(items.len() * 3);
+    for (nid, o) in items {
+        let oid = outcome_ids
+            .get(&(*nid, o.contact_id.clone()))
+            .copied()
+            .ok_or_else(|| {
+                sqlx::Error::Protocol(format!("no id came back for outcome {}", o.contact_id))
+            })?;
+        messages.extend(o.messages.iter().map(|m| (*nid, oid, *o, m)));
+    }
+    Ok(messages)
 }
 
-/// Inserts outcomes (each with its notification id) and their messages
-/// inside a transaction, a chunk of rows per statement.
-macro_rules! insert_outcomes {
-    ($tx:expr, $items:expr, $now:expr, $roster:expr) => {{
-        let items: &[(i64, &NewOutcome)] = $items;
-        let now_ms = ms($now);
-        let roster: i64 = $roster;
-        let mut outcome_ids: HashMap<(i64, String), i64> = HashMap::with_capacity(items.len());
+/// One accepted message, as the bulk statements read it.
+struct Accepted<'a> {
+    id: i64,
+    outcome_id: i64,
+    at_ms: i64,
+    provider: &'a str,
+    provider_ref: Option<&'a str>,
+}
+
+/// The outbox's bulk writes inside a write transaction, each backend with
+/// the statements it runs fastest.
+trait OutboxWrites {
+    /// Inserts a round's notifications; returns their ids by department.
+    async fn insert_notifications(
+        &mut self,
+        round_id: i64,
+        clock: Clockwork,
+        notifications: &[NewNotification],
+    ) -> std::result::Result<HashMap<String, i64>, sqlx::Error>;
+
+    async fn insert_outcomes(
+        &mut self,
+        items: &[(i64, &NewOutcome)],
+        now: DateTime<Utc>,
+        roster: i64,
+    ) -> std::result::Result<(), sqlx::Error>;
+
+    /// Records accepted messages, and their outcomes' first acceptance.
+    /// A batch takes several statements, and a contact's messages may fall
+    /// in different ones: its outcome keeps the earliest acceptance of them
+    /// all.
+    async fn record_accepted(
+        &mut self,
+        accepted: &[Accepted<'_>],
+    ) -> std::result::Result<(), sqlx::Error>;
+}
+
+/// SQLite: multi-row `VALUES`, `INSERT_ROWS` rows a statement; acceptances
+/// from rows of bound values ([`sqlite_accept`]).
+impl OutboxWrites for sqlx::Transaction<'static, sqlx::Sqlite> {
+    async fn insert_notifications(
+        &mut self,
+        round_id: i64,
+        clock: Clockwork,
+        notifications: &[NewNotification],
+    ) -> std::result::Result<HashMap<String, i64>, sqlx::Error> {
+        let mut ids = HashMap::with_capacity(notifications.len());
+        for chunk in notifications.chunks(INSERT_ROWS) {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO notifications (round_id, department, status, step, fired_at, target_at, deadline_at, final_at) ",
+            );
+            q.push_values(chunk, |mut row, n| {
+                row.push_bind(round_id)
+                    .push_bind(n.department.as_str())
+                    .push_bind("open")
+                    .push_bind(1_i64)
+                    .push_bind(ms(clock.fired_at))
+                    .push_bind(ms(clock.target_at))
+                    .push_bind(ms(clock.deadline_at))
+                    .push_bind(ms(clock.final_at));
+            });
+            q.push(" RETURNING id, department");
+            let rows: Vec<(i64, String)> = q.build_query_as().fetch_all(&mut **self).await?;
+            ids.extend(rows.into_iter().map(|(id, department)| (department, id)));
+        }
+        Ok(ids)
+    }
+
+    async fn insert_outcomes(
+        &mut self,
+        items: &[(i64, &NewOutcome)],
+        now: DateTime<Utc>,
+        roster: i64,
+    ) -> std::result::Result<(), sqlx::Error> {
+        let now_ms = ms(now);
+        let mut outcome_ids = OutcomeIds::with_capacity(items.len());
         for chunk in items.chunks(INSERT_ROWS) {
-            let mut q = builder(
-                &$tx,
+            let mut q = sqlx::QueryBuilder::new(
                 "INSERT INTO outcomes (notification_id, contact_id, role, code, token_digest, token_expires_at, step, notified_at) ",
             );
             q.push_values(chunk, |mut row, (nid, o)| {
@@ -151,20 +231,14 @@ macro_rules! insert_outcomes {
                     .push_bind(now_ms);
             });
             q.push(" RETURNING id, notification_id, contact_id");
-            let rows: Vec<(i64, i64, String)> = q.build_query_as().fetch_all(&mut *$tx).await?;
-            outcome_ids.extend(rows.into_iter().map(|(id, nid, contact)| ((nid, contact), id)));
+            let rows: Vec<(i64, i64, String)> = q.build_query_as().fetch_all(&mut **self).await?;
+            outcome_ids.extend(
+                rows.into_iter()
+                    .map(|(id, nid, contact)| ((nid, contact), id)),
+            );
         }
-        let mut messages = Vec::with_capacity(items.len() * 3);
-        for (nid, o) in items {
-            let oid = outcome_ids
-                .get(&(*nid, o.contact_id.clone()))
-                .copied()
-                .ok_or_else(|| sqlx::Error::Protocol(format!("no id came back for outcome {}", o.contact_id)))?;
-            messages.extend(o.messages.iter().map(|m| (*nid, oid, *o, m)));
-        }
-        for chunk in messages.chunks(INSERT_ROWS) {
-            let mut q = builder(
-                &$tx,
+        for chunk in messages_of(items, &outcome_ids)?.chunks(INSERT_ROWS) {
+            let mut q = sqlx::QueryBuilder::new(
                 "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, roster_version, step, state, \
                  payload, created_at, due_at, expires_at, finished_at) ",
             );
@@ -184,9 +258,183 @@ macro_rules! insert_outcomes {
                     .push_bind(ms(m.expires_at))
                     .push_bind((!pending).then_some(now_ms));
             });
-            q.build().execute(&mut *$tx).await?;
+            q.build().execute(&mut **self).await?;
         }
-    }};
+        Ok(())
+    }
+
+    async fn record_accepted(
+        &mut self,
+        accepted: &[Accepted<'_>],
+    ) -> std::result::Result<(), sqlx::Error> {
+        let (accept_rows, accept_outcome_rows) = sqlite_accept();
+        for chunk in accepted.chunks(ACCEPT_ROWS) {
+            // Each statement takes `ACCEPT_ROWS` rows; a short chunk is
+            // padded with rows of nulls, which match nothing.
+            let mut q = sqlx::query(accept_rows);
+            let mut o = sqlx::query(accept_outcome_rows);
+            for i in 0..ACCEPT_ROWS {
+                let a = chunk.get(i);
+                q = q
+                    .bind(a.map(|a| a.id))
+                    .bind(a.map(|a| a.at_ms))
+                    .bind(a.map(|a| a.provider))
+                    .bind(a.and_then(|a| a.provider_ref));
+                o = o.bind(a.map(|a| a.outcome_id)).bind(a.map(|a| a.at_ms));
+            }
+            q.execute(&mut **self).await?;
+            o.execute(&mut **self).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Rows per PostgreSQL fan-out statement, which binds each column as one
+/// array. A round of 30,000 messages is then five statements rather than
+/// the 80 of 500-row `VALUES` lists: PostgreSQL parses and plans each
+/// once, and a 40 ms stall at the end of a large request (see
+/// [`PG_STATEMENT_BYTES`]) is paid five times, not eighty.
+const PG_FANOUT_ROWS: usize = 10_000;
+
+/// PostgreSQL: every column bound as one array and read back with `unnest`,
+/// `PG_FANOUT_ROWS` rows a statement; acceptances in statements of at most
+/// `PG_STATEMENT_BYTES`.
+impl OutboxWrites for sqlx::Transaction<'static, sqlx::Postgres> {
+    async fn insert_notifications(
+        &mut self,
+        round_id: i64,
+        clock: Clockwork,
+        notifications: &[NewNotification],
+    ) -> std::result::Result<HashMap<String, i64>, sqlx::Error> {
+        const INSERT: &str = "INSERT INTO notifications (round_id, department, status, step, fired_at, target_at, deadline_at, final_at) \
+             SELECT $1, d, 'open', 1, $3, $4, $5, $6 FROM unnest($2::text[]) AS u(d) RETURNING id, department";
+        let mut ids = HashMap::with_capacity(notifications.len());
+        for chunk in notifications.chunks(PG_FANOUT_ROWS) {
+            let rows: Vec<(i64, String)> = sqlx::query_as(INSERT)
+                .bind(round_id)
+                .bind(
+                    chunk
+                        .iter()
+                        .map(|n| n.department.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(ms(clock.fired_at))
+                .bind(ms(clock.target_at))
+                .bind(ms(clock.deadline_at))
+                .bind(ms(clock.final_at))
+                .fetch_all(&mut **self)
+                .await?;
+            ids.extend(rows.into_iter().map(|(id, department)| (department, id)));
+        }
+        Ok(ids)
+    }
+
+    async fn insert_outcomes(
+        &mut self,
+        items: &[(i64, &NewOutcome)],
+        now: DateTime<Utc>,
+        roster: i64,
+    ) -> std::result::Result<(), sqlx::Error> {
+        const OUTCOMES: &str = "INSERT INTO outcomes (notification_id, contact_id, role, code, token_digest, token_expires_at, step, notified_at) \
+             SELECT n, c, r, k, t, e, s, $8 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[]) \
+             AS u(n, c, r, k, t, e, s) RETURNING id, notification_id, contact_id";
+        const MESSAGES: &str = "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, roster_version, step, state, \
+             payload, created_at, due_at, expires_at, finished_at) \
+             SELECT n, o, c, ch, a, $10, s, st, p, $11, $11, e, CASE WHEN st = 'pending' THEN NULL ELSE $11 END \
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::bigint[]) \
+             AS u(n, o, c, ch, a, s, st, p, e)";
+        let now_ms = ms(now);
+        let mut outcome_ids = OutcomeIds::with_capacity(items.len());
+        for chunk in items.chunks(PG_FANOUT_ROWS) {
+            let column =
+                |f: fn(&NewOutcome) -> &str| chunk.iter().map(|(_, o)| f(o)).collect::<Vec<_>>();
+            let rows: Vec<(i64, i64, String)> = sqlx::query_as(OUTCOMES)
+                .bind(chunk.iter().map(|(nid, _)| *nid).collect::<Vec<_>>())
+                .bind(column(|o| &o.contact_id))
+                .bind(column(|o| &o.role))
+                .bind(column(|o| &o.code))
+                .bind(column(|o| &o.token_digest))
+                .bind(
+                    chunk
+                        .iter()
+                        .map(|(_, o)| ms(o.token_expires_at))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(chunk.iter().map(|(_, o)| o.step).collect::<Vec<_>>())
+                .bind(now_ms)
+                .fetch_all(&mut **self)
+                .await?;
+            outcome_ids.extend(
+                rows.into_iter()
+                    .map(|(id, nid, contact)| ((nid, contact), id)),
+            );
+        }
+        for chunk in messages_of(items, &outcome_ids)?.chunks(PG_FANOUT_ROWS) {
+            let text = |f: for<'a> fn(&'a NewOutcome, &'a NewMessage) -> &'a str| {
+                chunk.iter().map(|(_, _, o, m)| f(o, m)).collect::<Vec<_>>()
+            };
+            sqlx::query(MESSAGES)
+                .bind(chunk.iter().map(|(nid, ..)| *nid).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|(_, oid, ..)| *oid).collect::<Vec<_>>())
+                .bind(text(|o, _| &o.contact_id))
+                .bind(text(|_, m| &m.channel))
+                .bind(text(|_, m| &m.address))
+                .bind(chunk.iter().map(|(_, _, o, _)| o.step).collect::<Vec<_>>())
+                .bind(text(|_, m| m.state))
+                .bind(
+                    chunk
+                        .iter()
+                        .map(|(.., m)| (m.state == "pending").then_some(m.payload.as_str()))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    chunk
+                        .iter()
+                        .map(|(.., m)| ms(m.expires_at))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(roster)
+                .bind(now_ms)
+                .execute(&mut **self)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn record_accepted(
+        &mut self,
+        accepted: &[Accepted<'_>],
+    ) -> std::result::Result<(), sqlx::Error> {
+        const PG_ACCEPT: &str = "UPDATE messages SET state = 'accepted', accepted_at = j.at_ms, provider = j.provider, \
+                 provider_ref = j.provider_ref, payload = NULL, claimed_by = NULL, claim_expires_at = NULL, last_error = NULL \
+                 FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) AS j(id, at_ms, provider, provider_ref) \
+                 WHERE messages.id = j.id";
+        const PG_ACCEPT_OUTCOMES: &str = "UPDATE outcomes SET accepted_at = j.at_ms \
+                 FROM (SELECT r.outcome_id AS id, MIN(r.at_ms) AS at_ms \
+                       FROM unnest($1::bigint[], $2::bigint[]) AS r(outcome_id, at_ms) \
+                       GROUP BY r.outcome_id) AS j \
+                 WHERE outcomes.id = j.id AND (outcomes.accepted_at IS NULL OR outcomes.accepted_at > j.at_ms)";
+        // An array element costs its bytes and a 4-byte length.
+        let runs = chunks_within(accepted, usize::MAX, PG_STATEMENT_BYTES, |a| {
+            3 * 12 + 8 + a.provider.len() + a.provider_ref.map_or(0, str::len)
+        });
+        for run in runs {
+            let at: Vec<i64> = run.iter().map(|a| a.at_ms).collect();
+            sqlx::query(PG_ACCEPT)
+                .bind(run.iter().map(|a| a.id).collect::<Vec<_>>())
+                .bind(&at)
+                .bind(run.iter().map(|a| a.provider).collect::<Vec<_>>())
+                .bind(run.iter().map(|a| a.provider_ref).collect::<Vec<_>>())
+                .execute(&mut **self)
+                .await?;
+            sqlx::query(PG_ACCEPT_OUTCOMES)
+                .bind(run.iter().map(|a| a.outcome_id).collect::<Vec<_>>())
+                .bind(&at)
+                .execute(&mut **self)
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 impl Store {
@@ -222,26 +470,7 @@ impl Store {
                 if updated.rows_affected() != 1 {
                     return Ok(false);
                 }
-                let mut notification_ids: HashMap<String, i64> = HashMap::with_capacity(notifications.len());
-                for chunk in notifications.chunks(INSERT_ROWS) {
-                    let mut q = builder(
-                        &tx,
-                        "INSERT INTO notifications (round_id, department, status, step, fired_at, target_at, deadline_at, final_at) ",
-                    );
-                    q.push_values(chunk, |mut row, n| {
-                        row.push_bind(round_id)
-                            .push_bind(n.department.as_str())
-                            .push_bind("open")
-                            .push_bind(1_i64)
-                            .push_bind(ms(clock.fired_at))
-                            .push_bind(ms(clock.target_at))
-                            .push_bind(ms(clock.deadline_at))
-                            .push_bind(ms(clock.final_at));
-                    });
-                    q.push(" RETURNING id, department");
-                    let rows: Vec<(i64, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
-                    notification_ids.extend(rows.into_iter().map(|(id, department)| (department, id)));
-                }
+                let notification_ids = tx.insert_notifications(round_id, clock, notifications).await?;
                 let mut outcomes = Vec::new();
                 for n in notifications {
                     let nid = notification_ids.get(&n.department).copied().ok_or_else(|| {
@@ -249,7 +478,7 @@ impl Store {
                     })?;
                     outcomes.extend(n.outcomes.iter().map(|o| (nid, o)));
                 }
-                insert_outcomes!(tx, &outcomes, now, roster_version);
+                tx.insert_outcomes(&outcomes, now, roster_version).await?;
                 tx.commit().await?;
                 Ok::<bool, sqlx::Error>(true)
             }
@@ -309,7 +538,7 @@ impl Store {
                 }
                 let outcomes: Vec<(i64, &NewOutcome)> =
                     outcomes.iter().map(|o| (notification_id, o)).collect();
-                insert_outcomes!(tx, &outcomes, now, roster_version);
+                tx.insert_outcomes(&outcomes, now, roster_version).await?;
                 tx.commit().await?;
                 Ok::<bool, sqlx::Error>(true)
             }
@@ -471,21 +700,6 @@ impl Store {
                 " FOR UPDATE OF m SKIP LOCKED"
             ),
         ];
-        // Accepted messages (nearly all of them) are written by two
-        // statements per batch: on PostgreSQL from a JSON array of
-        // `{id, outcome_id, at_ms, provider, provider_ref}`, on SQLite from
-        // rows of bound values ([`sqlite_accept`]). A batch takes several
-        // statements, and a contact's messages may fall in different ones:
-        // its outcome keeps the earliest acceptance of them all.
-        const PG_ACCEPT: &str = "UPDATE messages SET state = 'accepted', accepted_at = j.at_ms, provider = j.provider, \
-             provider_ref = j.provider_ref, payload = NULL, claimed_by = NULL, claim_expires_at = NULL, last_error = NULL \
-             FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, at_ms bigint, provider text, provider_ref text) \
-             WHERE messages.id = j.id";
-        const PG_ACCEPT_OUTCOMES: &str = "UPDATE outcomes SET accepted_at = j.at_ms \
-             FROM (SELECT r.outcome_id AS id, MIN(r.at_ms) AS at_ms \
-                   FROM jsonb_to_recordset($1::jsonb) AS r(outcome_id bigint, at_ms bigint) \
-                   GROUP BY r.outcome_id) AS j \
-             WHERE outcomes.id = j.id AND (outcomes.accepted_at IS NULL OR outcomes.accepted_at > j.at_ms)";
         const RETRY: &str = "UPDATE messages SET state = 'pending', due_at = $1, provider = $2, last_error = $3, \
              claimed_by = NULL, claim_expires_at = NULL WHERE id = $4";
         // `failed` or `expired`: final, with the provider's last word.
@@ -498,15 +712,6 @@ impl Store {
              payload = NULL, finished_at = $1, claimed_by = NULL, claim_expires_at = NULL WHERE id = $2";
         const RETRIES_TOO_LATE: &str = "retries would run past the deadline";
 
-        /// One accepted message, as the bulk statements read it.
-        #[derive(serde::Serialize)]
-        struct Accepted<'a> {
-            id: i64,
-            outcome_id: i64,
-            at_ms: i64,
-            provider: &'a str,
-            provider_ref: Option<&'a str>,
-        }
         let accepted: Vec<Accepted<'_>> = finished
             .iter()
             .filter_map(|f| match &f.result {
@@ -523,51 +728,13 @@ impl Store {
                 _ => None,
             })
             .collect();
-        // One side is empty: PostgreSQL's JSON documents or SQLite's rows.
-        let (json, rows): (Vec<String>, &[Accepted<'_>]) = match self {
-            Store::Sqlite(_) => (Vec::new(), &accepted),
-            Store::Postgres(_) => (
-                chunks_within(&accepted, usize::MAX, PG_STATEMENT_BYTES, |a| {
-                    64 + a.provider.len() + a.provider_ref.map_or(0, str::len)
-                })
-                .map(|rows| {
-                    serde_json::to_string(rows).map_err(|e| StoreError::Corrupt(e.to_string()))
-                })
-                .collect::<Result<_>>()?,
-                &[],
-            ),
-        };
         let claims = match self {
             Store::Sqlite(_) => SQLITE_CLAIMS,
             Store::Postgres(_) => PG_CLAIMS,
         };
         let claimed = on_db!(self, |p| {
             let mut tx = p.begin_write().await?;
-            for json in &json {
-                sqlx::query(PG_ACCEPT).bind(json).execute(&mut *tx).await?;
-                sqlx::query(PG_ACCEPT_OUTCOMES)
-                    .bind(json)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            let (accept_rows, accept_outcome_rows) = sqlite_accept();
-            for chunk in rows.chunks(ACCEPT_ROWS) {
-                // Each statement takes `ACCEPT_ROWS` rows; a short chunk is
-                // padded with rows of nulls, which match nothing.
-                let mut q = sqlx::query(accept_rows);
-                let mut o = sqlx::query(accept_outcome_rows);
-                for i in 0..ACCEPT_ROWS {
-                    let a = chunk.get(i);
-                    q = q
-                        .bind(a.map(|a| a.id))
-                        .bind(a.map(|a| a.at_ms))
-                        .bind(a.map(|a| a.provider))
-                        .bind(a.and_then(|a| a.provider_ref));
-                    o = o.bind(a.map(|a| a.outcome_id)).bind(a.map(|a| a.at_ms));
-                }
-                q.execute(&mut *tx).await?;
-                o.execute(&mut *tx).await?;
-            }
+            tx.record_accepted(&accepted).await?;
             for f in finished {
                 let (id, at) = (f.message.id, ms(f.at));
                 // When the message would be tried next, if at all.
