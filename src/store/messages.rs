@@ -291,9 +291,9 @@ impl OutboxWrites for sqlx::Transaction<'static, sqlx::Sqlite> {
 
 /// Rows per PostgreSQL fan-out statement, which binds each column as one
 /// array. A round of 30,000 messages is then five statements rather than
-/// the 80 of 500-row `VALUES` lists: PostgreSQL parses and plans each
+/// the 84 of 500-row `VALUES` lists: PostgreSQL parses and plans each
 /// once, and a 40 ms stall at the end of a large request (see
-/// [`PG_STATEMENT_BYTES`]) is paid five times, not eighty.
+/// [`PG_STATEMENT_BYTES`]) is paid five times, not 84.
 const PG_FANOUT_ROWS: usize = 10_000;
 
 /// PostgreSQL: every column bound as one array and read back with `unnest`,
