@@ -56,6 +56,7 @@ on_both_backends!(
     claimers_working_at_once_never_share_a_message,
     the_outbox_records_what_each_provider_said,
     a_batch_of_acceptances_records_every_message_and_each_contacts_first,
+    a_round_larger_than_one_statement_gives_every_contact_its_own_messages,
     an_escalation_step_adds_contacts_to_an_unacknowledged_department_once,
     notifications_become_final_at_deadline_plus_settle_by_the_status_rule,
     a_link_ack_counts_once_and_a_repeat_is_stored_without_a_new_ack,
@@ -1220,10 +1221,10 @@ async fn claimers_working_at_once_never_share_a_message(store: &Store) {
 }
 
 /// A batch of results larger than one recording statement (SQLite's take
-/// 64 rows, the last padded with rows that match nothing; PostgreSQL's about
-/// 12 KB of JSON) records every
-/// acceptance with its provider's reference, gives each contact the time of
-/// its first acceptance, and leaves the messages it does not name alone.
+/// 64 rows, the last padded with rows that match nothing; PostgreSQL's
+/// about 12 KB of arrays) records every acceptance with its provider's
+/// reference, gives each contact the time of its first acceptance, and
+/// leaves the messages it does not name alone.
 async fn a_batch_of_acceptances_records_every_message_and_each_contacts_first(store: &Store) {
     let v = running_exercise(store, EX, &[("R01", 0)]).await;
     let c = clockwork(at(0));
@@ -1302,6 +1303,66 @@ async fn a_batch_of_acceptances_records_every_message_and_each_contacts_first(st
             "{contact}: the earlier of its two acceptances"
         );
     }
+}
+
+/// A fan-out that spans several insert statements on either backend
+/// (SQLite's take 500 rows, PostgreSQL's 10,000) writes every message
+/// once, hung from its own contact's outcome and department, with its own
+/// address and rendered text.
+async fn a_round_larger_than_one_statement_gives_every_contact_its_own_messages(store: &Store) {
+    const DEPARTMENTS: u32 = 3_400;
+    let v = running_exercise(store, EX, &[("R01", 0)]).await;
+    let c = clockwork(at(0));
+    let departments: Vec<NewNotification> = (0..DEPARTMENTS)
+        .map(|n| department(&format!("D{n:04}"), n + 1, c, &["sms", "email", "webhook"]))
+        .collect();
+    fire(store, EX, "R01", v, c, &departments).await;
+    const ROWS: &str = "SELECT n.department, o.contact_id, o.code, m.contact_id, m.channel, m.address, m.payload \
+         FROM messages m JOIN outcomes o ON o.id = m.outcome_id JOIN notifications n ON n.id = m.notification_id \
+         ORDER BY m.id";
+    type Row = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+    );
+    let rows: Vec<Row> = on_db!(store, |p| sqlx::query_as(ROWS).fetch_all(p).await).unwrap();
+    assert_eq!(
+        rows.len(),
+        3 * DEPARTMENTS as usize,
+        "one message per channel"
+    );
+    let mut seen = BTreeSet::new();
+    for (dept, outcome_contact, outcome_code, contact, channel, address, payload) in rows {
+        let n: u32 = dept[1..].parse().unwrap();
+        assert_eq!(
+            outcome_contact,
+            primary(&dept),
+            "{dept}: the outcome of its own contact"
+        );
+        assert_eq!(
+            contact, outcome_contact,
+            "{dept}: the message names its outcome's contact"
+        );
+        assert_eq!(outcome_code, code(n + 1), "{dept}: its own code");
+        assert_eq!(address, format!("{contact}.{channel}.example"));
+        let text = payload.unwrap_or_default();
+        assert!(
+            text.contains(&outcome_code),
+            "{dept} {channel}: its own rendered text, got {text}"
+        );
+        assert!(seen.insert((dept, channel)), "a message written twice");
+    }
+    let outcomes: i64 = on_db!(store, |p| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM outcomes"
+    )
+    .fetch_one(p)
+    .await)
+    .unwrap();
+    assert_eq!(outcomes, i64::from(DEPARTMENTS));
 }
 
 async fn the_outbox_records_what_each_provider_said(store: &Store) {
