@@ -160,6 +160,7 @@ trait OutboxWrites {
         notifications: &[NewNotification],
     ) -> std::result::Result<HashMap<String, i64>, sqlx::Error>;
 
+    /// Inserts outcomes (each with its notification id) and their messages.
     async fn insert_outcomes(
         &mut self,
         items: &[(i64, &NewOutcome)],
@@ -734,6 +735,8 @@ impl Store {
         };
         let claimed = on_db!(self, |p| {
             let mut tx = p.begin_write().await?;
+            // Accepted messages (nearly all of them) in bulk; the rest one
+            // by one below.
             tx.record_accepted(&accepted).await?;
             for f in finished {
                 let (id, at) = (f.message.id, ms(f.at));
