@@ -119,26 +119,9 @@ fn sqlite_accept() -> (&'static str, &'static str) {
     (SQL.0.as_str(), SQL.1.as_str())
 }
 
-/// Outcome ids by (notification, contact), as the outcome inserts return them.
-type OutcomeIds = HashMap<(i64, String), i64>;
-
-/// Each outcome's messages, with the ids they hang from.
-fn messages_of<'a>(
-    items: &[(i64, &'a NewOutcome)],
-    outcome_ids: &OutcomeIds,
-) -> std::result::Result<Vec<(i64, i64, &'a NewOutcome, &'a NewMessage)>, sqlx::Error> {
-    let mut messages = Vec::with_capacity(items.len() * 3);
-    for (nid, o) in items {
-        let oid = outcome_ids
-            .get(&(*nid, o.contact_id.clone()))
-            .copied()
-            .ok_or_else(|| {
-                sqlx::Error::Protocol(format!("no id came back for outcome {}", o.contact_id))
-            })?;
-        messages.extend(o.messages.iter().map(|m| (*nid, oid, *o, m)));
-    }
-    Ok(messages)
-}
+/// One message of a fan-out with the ids it hangs from: its notification,
+/// its outcome, the outcome and the message.
+type MessageRow<'a> = (i64, i64, &'a NewOutcome, &'a NewMessage);
 
 /// One accepted message, as the bulk statements read it.
 struct Accepted<'a> {
@@ -149,16 +132,59 @@ struct Accepted<'a> {
     provider_ref: Option<&'a str>,
 }
 
-/// The outbox's bulk writes inside a write transaction, each backend with
-/// the statements it runs fastest.
+type DbResult<T> = std::result::Result<T, sqlx::Error>;
+
+/// The outbox's bulk writes inside a write transaction. Each backend
+/// supplies the statements it runs fastest, one chunk of rows at a time;
+/// the chunking and the matching of returned ids are shared.
 trait OutboxWrites {
+    /// Rows per fan-out statement.
+    const FANOUT_ROWS: usize;
+
+    /// Inserts notifications; returns each one's (id, department).
+    async fn notification_rows(
+        &mut self,
+        round_id: i64,
+        clock: Clockwork,
+        chunk: &[NewNotification],
+    ) -> DbResult<Vec<(i64, String)>>;
+
+    /// Inserts outcomes, each with its notification id; returns each one's
+    /// (id, notification id, contact).
+    async fn outcome_rows(
+        &mut self,
+        chunk: &[(i64, &NewOutcome)],
+        now_ms: i64,
+    ) -> DbResult<Vec<(i64, i64, String)>>;
+
+    /// Inserts messages.
+    async fn message_rows(
+        &mut self,
+        chunk: &[MessageRow<'_>],
+        roster: i64,
+        now_ms: i64,
+    ) -> DbResult<()>;
+
+    /// Records accepted messages, and their outcomes' first acceptance.
+    /// A batch takes several statements, and a contact's messages may fall
+    /// in different ones: its outcome keeps the earliest acceptance of them
+    /// all.
+    async fn record_accepted(&mut self, accepted: &[Accepted<'_>]) -> DbResult<()>;
+
     /// Inserts a round's notifications; returns their ids by department.
     async fn insert_notifications(
         &mut self,
         round_id: i64,
         clock: Clockwork,
         notifications: &[NewNotification],
-    ) -> std::result::Result<HashMap<String, i64>, sqlx::Error>;
+    ) -> DbResult<HashMap<String, i64>> {
+        let mut ids = HashMap::with_capacity(notifications.len());
+        for chunk in notifications.chunks(Self::FANOUT_ROWS) {
+            let rows = self.notification_rows(round_id, clock, chunk).await?;
+            ids.extend(rows.into_iter().map(|(id, department)| (department, id)));
+        }
+        Ok(ids)
+    }
 
     /// Inserts outcomes (each with its notification id) and their messages.
     async fn insert_outcomes(
@@ -166,108 +192,114 @@ trait OutboxWrites {
         items: &[(i64, &NewOutcome)],
         now: DateTime<Utc>,
         roster: i64,
-    ) -> std::result::Result<(), sqlx::Error>;
-
-    /// Records accepted messages, and their outcomes' first acceptance.
-    /// A batch takes several statements, and a contact's messages may fall
-    /// in different ones: its outcome keeps the earliest acceptance of them
-    /// all.
-    async fn record_accepted(
-        &mut self,
-        accepted: &[Accepted<'_>],
-    ) -> std::result::Result<(), sqlx::Error>;
-}
-
-/// SQLite: multi-row `VALUES`, `INSERT_ROWS` rows a statement; acceptances
-/// from rows of bound values ([`sqlite_accept`]).
-impl OutboxWrites for sqlx::Transaction<'static, sqlx::Sqlite> {
-    async fn insert_notifications(
-        &mut self,
-        round_id: i64,
-        clock: Clockwork,
-        notifications: &[NewNotification],
-    ) -> std::result::Result<HashMap<String, i64>, sqlx::Error> {
-        let mut ids = HashMap::with_capacity(notifications.len());
-        for chunk in notifications.chunks(INSERT_ROWS) {
-            let mut q = sqlx::QueryBuilder::new(
-                "INSERT INTO notifications (round_id, department, status, step, fired_at, target_at, deadline_at, final_at) ",
-            );
-            q.push_values(chunk, |mut row, n| {
-                row.push_bind(round_id)
-                    .push_bind(n.department.as_str())
-                    .push_bind("open")
-                    .push_bind(1_i64)
-                    .push_bind(ms(clock.fired_at))
-                    .push_bind(ms(clock.target_at))
-                    .push_bind(ms(clock.deadline_at))
-                    .push_bind(ms(clock.final_at));
-            });
-            q.push(" RETURNING id, department");
-            let rows: Vec<(i64, String)> = q.build_query_as().fetch_all(&mut **self).await?;
-            ids.extend(rows.into_iter().map(|(id, department)| (department, id)));
-        }
-        Ok(ids)
-    }
-
-    async fn insert_outcomes(
-        &mut self,
-        items: &[(i64, &NewOutcome)],
-        now: DateTime<Utc>,
-        roster: i64,
-    ) -> std::result::Result<(), sqlx::Error> {
+    ) -> DbResult<()> {
         let now_ms = ms(now);
-        let mut outcome_ids = OutcomeIds::with_capacity(items.len());
-        for chunk in items.chunks(INSERT_ROWS) {
-            let mut q = sqlx::QueryBuilder::new(
-                "INSERT INTO outcomes (notification_id, contact_id, role, code, token_digest, token_expires_at, step, notified_at) ",
-            );
-            q.push_values(chunk, |mut row, (nid, o)| {
-                row.push_bind(*nid)
-                    .push_bind(o.contact_id.as_str())
-                    .push_bind(o.role.as_str())
-                    .push_bind(o.code.as_str())
-                    .push_bind(o.token_digest.as_str())
-                    .push_bind(ms(o.token_expires_at))
-                    .push_bind(o.step)
-                    .push_bind(now_ms);
-            });
-            q.push(" RETURNING id, notification_id, contact_id");
-            let rows: Vec<(i64, i64, String)> = q.build_query_as().fetch_all(&mut **self).await?;
+        let mut outcome_ids: HashMap<(i64, String), i64> = HashMap::with_capacity(items.len());
+        for chunk in items.chunks(Self::FANOUT_ROWS) {
+            let rows = self.outcome_rows(chunk, now_ms).await?;
             outcome_ids.extend(
                 rows.into_iter()
                     .map(|(id, nid, contact)| ((nid, contact), id)),
             );
         }
-        for chunk in messages_of(items, &outcome_ids)?.chunks(INSERT_ROWS) {
-            let mut q = sqlx::QueryBuilder::new(
-                "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, roster_version, step, state, \
-                 payload, created_at, due_at, expires_at, finished_at) ",
-            );
-            q.push_values(chunk, |mut row, (nid, oid, o, m)| {
-                let pending = m.state == "pending";
-                row.push_bind(*nid)
-                    .push_bind(*oid)
-                    .push_bind(o.contact_id.as_str())
-                    .push_bind(m.channel.as_str())
-                    .push_bind(m.address.as_str())
-                    .push_bind(roster)
-                    .push_bind(o.step)
-                    .push_bind(m.state)
-                    .push_bind(pending.then_some(m.payload.as_str()))
-                    .push_bind(now_ms)
-                    .push_bind(now_ms)
-                    .push_bind(ms(m.expires_at))
-                    .push_bind((!pending).then_some(now_ms));
-            });
-            q.build().execute(&mut **self).await?;
+        let mut messages: Vec<MessageRow<'_>> = Vec::with_capacity(items.len() * 3);
+        for (nid, o) in items {
+            let oid = outcome_ids
+                .get(&(*nid, o.contact_id.clone()))
+                .copied()
+                .ok_or_else(|| {
+                    sqlx::Error::Protocol(format!("no id came back for outcome {}", o.contact_id))
+                })?;
+            messages.extend(o.messages.iter().map(|m| (*nid, oid, *o, m)));
+        }
+        for chunk in messages.chunks(Self::FANOUT_ROWS) {
+            self.message_rows(chunk, roster, now_ms).await?;
         }
         Ok(())
     }
+}
 
-    async fn record_accepted(
+/// SQLite: multi-row `VALUES`, `INSERT_ROWS` rows a statement; acceptances
+/// from rows of bound values ([`sqlite_accept`]).
+impl OutboxWrites for sqlx::Transaction<'static, sqlx::Sqlite> {
+    const FANOUT_ROWS: usize = INSERT_ROWS;
+
+    async fn notification_rows(
         &mut self,
-        accepted: &[Accepted<'_>],
-    ) -> std::result::Result<(), sqlx::Error> {
+        round_id: i64,
+        clock: Clockwork,
+        chunk: &[NewNotification],
+    ) -> DbResult<Vec<(i64, String)>> {
+        let mut q = sqlx::QueryBuilder::new(
+            "INSERT INTO notifications (round_id, department, status, step, fired_at, target_at, deadline_at, final_at) ",
+        );
+        q.push_values(chunk, |mut row, n| {
+            row.push_bind(round_id)
+                .push_bind(n.department.as_str())
+                .push_bind("open")
+                .push_bind(1_i64)
+                .push_bind(ms(clock.fired_at))
+                .push_bind(ms(clock.target_at))
+                .push_bind(ms(clock.deadline_at))
+                .push_bind(ms(clock.final_at));
+        });
+        q.push(" RETURNING id, department");
+        q.build_query_as().fetch_all(&mut **self).await
+    }
+
+    async fn outcome_rows(
+        &mut self,
+        chunk: &[(i64, &NewOutcome)],
+        now_ms: i64,
+    ) -> DbResult<Vec<(i64, i64, String)>> {
+        let mut q = sqlx::QueryBuilder::new(
+            "INSERT INTO outcomes (notification_id, contact_id, role, code, token_digest, token_expires_at, step, notified_at) ",
+        );
+        q.push_values(chunk, |mut row, (nid, o)| {
+            row.push_bind(*nid)
+                .push_bind(o.contact_id.as_str())
+                .push_bind(o.role.as_str())
+                .push_bind(o.code.as_str())
+                .push_bind(o.token_digest.as_str())
+                .push_bind(ms(o.token_expires_at))
+                .push_bind(o.step)
+                .push_bind(now_ms);
+        });
+        q.push(" RETURNING id, notification_id, contact_id");
+        q.build_query_as().fetch_all(&mut **self).await
+    }
+
+    async fn message_rows(
+        &mut self,
+        chunk: &[MessageRow<'_>],
+        roster: i64,
+        now_ms: i64,
+    ) -> DbResult<()> {
+        let mut q = sqlx::QueryBuilder::new(
+            "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, roster_version, step, state, \
+             payload, created_at, due_at, expires_at, finished_at) ",
+        );
+        q.push_values(chunk, |mut row, (nid, oid, o, m)| {
+            let pending = m.state == "pending";
+            row.push_bind(*nid)
+                .push_bind(*oid)
+                .push_bind(o.contact_id.as_str())
+                .push_bind(m.channel.as_str())
+                .push_bind(m.address.as_str())
+                .push_bind(roster)
+                .push_bind(o.step)
+                .push_bind(m.state)
+                .push_bind(pending.then_some(m.payload.as_str()))
+                .push_bind(now_ms)
+                .push_bind(now_ms)
+                .push_bind(ms(m.expires_at))
+                .push_bind((!pending).then_some(now_ms));
+        });
+        q.build().execute(&mut **self).await?;
+        Ok(())
+    }
+
+    async fn record_accepted(&mut self, accepted: &[Accepted<'_>]) -> DbResult<()> {
         let (accept_rows, accept_outcome_rows) = sqlite_accept();
         for chunk in accepted.chunks(ACCEPT_ROWS) {
             // Each statement takes `ACCEPT_ROWS` rows; a short chunk is
@@ -297,139 +329,112 @@ impl OutboxWrites for sqlx::Transaction<'static, sqlx::Sqlite> {
 /// [`PG_STATEMENT_BYTES`]) is paid five times, not 84.
 const PG_FANOUT_ROWS: usize = 10_000;
 
+/// One column of `rows`, as the array PostgreSQL reads with `unnest`.
+fn column<'a, T, V>(rows: &'a [T], f: impl Fn(&'a T) -> V) -> Vec<V> {
+    rows.iter().map(f).collect()
+}
+
 /// PostgreSQL: every column bound as one array and read back with `unnest`,
 /// `PG_FANOUT_ROWS` rows a statement; acceptances in statements of at most
 /// `PG_STATEMENT_BYTES`.
 impl OutboxWrites for sqlx::Transaction<'static, sqlx::Postgres> {
-    async fn insert_notifications(
+    const FANOUT_ROWS: usize = PG_FANOUT_ROWS;
+
+    async fn notification_rows(
         &mut self,
         round_id: i64,
         clock: Clockwork,
-        notifications: &[NewNotification],
-    ) -> std::result::Result<HashMap<String, i64>, sqlx::Error> {
+        chunk: &[NewNotification],
+    ) -> DbResult<Vec<(i64, String)>> {
         const INSERT: &str = "INSERT INTO notifications (round_id, department, status, step, fired_at, target_at, deadline_at, final_at) \
              SELECT $1, d, 'open', 1, $3, $4, $5, $6 FROM unnest($2::text[]) AS u(d) RETURNING id, department";
-        let mut ids = HashMap::with_capacity(notifications.len());
-        for chunk in notifications.chunks(PG_FANOUT_ROWS) {
-            let rows: Vec<(i64, String)> = sqlx::query_as(INSERT)
-                .bind(round_id)
-                .bind(
-                    chunk
-                        .iter()
-                        .map(|n| n.department.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(ms(clock.fired_at))
-                .bind(ms(clock.target_at))
-                .bind(ms(clock.deadline_at))
-                .bind(ms(clock.final_at))
-                .fetch_all(&mut **self)
-                .await?;
-            ids.extend(rows.into_iter().map(|(id, department)| (department, id)));
-        }
-        Ok(ids)
+        sqlx::query_as(INSERT)
+            .bind(round_id)
+            .bind(column(chunk, |n| n.department.as_str()))
+            .bind(ms(clock.fired_at))
+            .bind(ms(clock.target_at))
+            .bind(ms(clock.deadline_at))
+            .bind(ms(clock.final_at))
+            .fetch_all(&mut **self)
+            .await
     }
 
-    async fn insert_outcomes(
+    async fn outcome_rows(
         &mut self,
-        items: &[(i64, &NewOutcome)],
-        now: DateTime<Utc>,
-        roster: i64,
-    ) -> std::result::Result<(), sqlx::Error> {
-        const OUTCOMES: &str = "INSERT INTO outcomes (notification_id, contact_id, role, code, token_digest, token_expires_at, step, notified_at) \
+        chunk: &[(i64, &NewOutcome)],
+        now_ms: i64,
+    ) -> DbResult<Vec<(i64, i64, String)>> {
+        const INSERT: &str = "INSERT INTO outcomes (notification_id, contact_id, role, code, token_digest, token_expires_at, step, notified_at) \
              SELECT n, c, r, k, t, e, s, $8 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[]) \
              AS u(n, c, r, k, t, e, s) RETURNING id, notification_id, contact_id";
-        const MESSAGES: &str = "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, roster_version, step, state, \
+        sqlx::query_as(INSERT)
+            .bind(column(chunk, |(nid, _)| *nid))
+            .bind(column(chunk, |(_, o)| o.contact_id.as_str()))
+            .bind(column(chunk, |(_, o)| o.role.as_str()))
+            .bind(column(chunk, |(_, o)| o.code.as_str()))
+            .bind(column(chunk, |(_, o)| o.token_digest.as_str()))
+            .bind(column(chunk, |(_, o)| ms(o.token_expires_at)))
+            .bind(column(chunk, |(_, o)| o.step))
+            .bind(now_ms)
+            .fetch_all(&mut **self)
+            .await
+    }
+
+    async fn message_rows(
+        &mut self,
+        chunk: &[MessageRow<'_>],
+        roster: i64,
+        now_ms: i64,
+    ) -> DbResult<()> {
+        const INSERT: &str = "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, roster_version, step, state, \
              payload, created_at, due_at, expires_at, finished_at) \
              SELECT n, o, c, ch, a, $10, s, st, p, $11, $11, e, CASE WHEN st = 'pending' THEN NULL ELSE $11 END \
              FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::bigint[]) \
              AS u(n, o, c, ch, a, s, st, p, e)";
-        let now_ms = ms(now);
-        let mut outcome_ids = OutcomeIds::with_capacity(items.len());
-        for chunk in items.chunks(PG_FANOUT_ROWS) {
-            let column =
-                |f: fn(&NewOutcome) -> &str| chunk.iter().map(|(_, o)| f(o)).collect::<Vec<_>>();
-            let rows: Vec<(i64, i64, String)> = sqlx::query_as(OUTCOMES)
-                .bind(chunk.iter().map(|(nid, _)| *nid).collect::<Vec<_>>())
-                .bind(column(|o| &o.contact_id))
-                .bind(column(|o| &o.role))
-                .bind(column(|o| &o.code))
-                .bind(column(|o| &o.token_digest))
-                .bind(
-                    chunk
-                        .iter()
-                        .map(|(_, o)| ms(o.token_expires_at))
-                        .collect::<Vec<_>>(),
-                )
-                .bind(chunk.iter().map(|(_, o)| o.step).collect::<Vec<_>>())
-                .bind(now_ms)
-                .fetch_all(&mut **self)
-                .await?;
-            outcome_ids.extend(
-                rows.into_iter()
-                    .map(|(id, nid, contact)| ((nid, contact), id)),
-            );
-        }
-        for chunk in messages_of(items, &outcome_ids)?.chunks(PG_FANOUT_ROWS) {
-            let text = |f: for<'a> fn(&'a NewOutcome, &'a NewMessage) -> &'a str| {
-                chunk.iter().map(|(_, _, o, m)| f(o, m)).collect::<Vec<_>>()
-            };
-            sqlx::query(MESSAGES)
-                .bind(chunk.iter().map(|(nid, ..)| *nid).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|(_, oid, ..)| *oid).collect::<Vec<_>>())
-                .bind(text(|o, _| &o.contact_id))
-                .bind(text(|_, m| &m.channel))
-                .bind(text(|_, m| &m.address))
-                .bind(chunk.iter().map(|(_, _, o, _)| o.step).collect::<Vec<_>>())
-                .bind(text(|_, m| m.state))
-                .bind(
-                    chunk
-                        .iter()
-                        .map(|(.., m)| (m.state == "pending").then_some(m.payload.as_str()))
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    chunk
-                        .iter()
-                        .map(|(.., m)| ms(m.expires_at))
-                        .collect::<Vec<_>>(),
-                )
-                .bind(roster)
-                .bind(now_ms)
-                .execute(&mut **self)
-                .await?;
-        }
+        sqlx::query(INSERT)
+            .bind(column(chunk, |(nid, ..)| *nid))
+            .bind(column(chunk, |(_, oid, ..)| *oid))
+            .bind(column(chunk, |(_, _, o, _)| o.contact_id.as_str()))
+            .bind(column(chunk, |(.., m)| m.channel.as_str()))
+            .bind(column(chunk, |(.., m)| m.address.as_str()))
+            .bind(column(chunk, |(_, _, o, _)| o.step))
+            .bind(column(chunk, |(.., m)| m.state))
+            .bind(column(chunk, |(.., m)| {
+                (m.state == "pending").then_some(m.payload.as_str())
+            }))
+            .bind(column(chunk, |(.., m)| ms(m.expires_at)))
+            .bind(roster)
+            .bind(now_ms)
+            .execute(&mut **self)
+            .await?;
         Ok(())
     }
 
-    async fn record_accepted(
-        &mut self,
-        accepted: &[Accepted<'_>],
-    ) -> std::result::Result<(), sqlx::Error> {
-        const PG_ACCEPT: &str = "UPDATE messages SET state = 'accepted', accepted_at = j.at_ms, provider = j.provider, \
-                 provider_ref = j.provider_ref, payload = NULL, claimed_by = NULL, claim_expires_at = NULL, last_error = NULL \
-                 FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) AS j(id, at_ms, provider, provider_ref) \
-                 WHERE messages.id = j.id";
-        const PG_ACCEPT_OUTCOMES: &str = "UPDATE outcomes SET accepted_at = j.at_ms \
-                 FROM (SELECT r.outcome_id AS id, MIN(r.at_ms) AS at_ms \
-                       FROM unnest($1::bigint[], $2::bigint[]) AS r(outcome_id, at_ms) \
-                       GROUP BY r.outcome_id) AS j \
-                 WHERE outcomes.id = j.id AND (outcomes.accepted_at IS NULL OR outcomes.accepted_at > j.at_ms)";
+    async fn record_accepted(&mut self, accepted: &[Accepted<'_>]) -> DbResult<()> {
+        const ACCEPT: &str = "UPDATE messages SET state = 'accepted', accepted_at = j.at_ms, provider = j.provider, \
+             provider_ref = j.provider_ref, payload = NULL, claimed_by = NULL, claim_expires_at = NULL, last_error = NULL \
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) AS j(id, at_ms, provider, provider_ref) \
+             WHERE messages.id = j.id";
+        const ACCEPT_OUTCOMES: &str = "UPDATE outcomes SET accepted_at = j.at_ms \
+             FROM (SELECT r.outcome_id AS id, MIN(r.at_ms) AS at_ms \
+                   FROM unnest($1::bigint[], $2::bigint[]) AS r(outcome_id, at_ms) \
+                   GROUP BY r.outcome_id) AS j \
+             WHERE outcomes.id = j.id AND (outcomes.accepted_at IS NULL OR outcomes.accepted_at > j.at_ms)";
         // An array element costs its bytes and a 4-byte length.
         let runs = chunks_within(accepted, usize::MAX, PG_STATEMENT_BYTES, |a| {
             3 * 12 + 8 + a.provider.len() + a.provider_ref.map_or(0, str::len)
         });
         for run in runs {
-            let at: Vec<i64> = run.iter().map(|a| a.at_ms).collect();
-            sqlx::query(PG_ACCEPT)
-                .bind(run.iter().map(|a| a.id).collect::<Vec<_>>())
+            let at = column(run, |a| a.at_ms);
+            sqlx::query(ACCEPT)
+                .bind(column(run, |a| a.id))
                 .bind(&at)
-                .bind(run.iter().map(|a| a.provider).collect::<Vec<_>>())
-                .bind(run.iter().map(|a| a.provider_ref).collect::<Vec<_>>())
+                .bind(column(run, |a| a.provider))
+                .bind(column(run, |a| a.provider_ref))
                 .execute(&mut **self)
                 .await?;
-            sqlx::query(PG_ACCEPT_OUTCOMES)
-                .bind(run.iter().map(|a| a.outcome_id).collect::<Vec<_>>())
+            sqlx::query(ACCEPT_OUTCOMES)
+                .bind(column(run, |a| a.outcome_id))
                 .bind(&at)
                 .execute(&mut **self)
                 .await?;
