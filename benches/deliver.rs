@@ -29,7 +29,8 @@
 //! Run: `cargo bench --bench deliver`. It exits non-zero when a target is
 //! missed. `ROLLCALL_BENCH_QUICK=1` makes two runs per store and skips the
 //! stages, for trying a change; `ROLLCALL_BENCH_STAGES=1` times only the
-//! store stages, for trying a change to the store.
+//! store stages, for trying a change to the store;
+//! `ROLLCALL_BENCH_STORE=sqlite` (or `postgres`) benches that store alone.
 
 mod support;
 
@@ -794,6 +795,13 @@ async fn bench() -> bool {
     match std::env::var("ROLLCALL_TEST_POSTGRES_URL") {
         Ok(base) if !base.is_empty() => backends.push(Backend::Postgres { base }),
         _ => println!("postgres: skipped (ROLLCALL_TEST_POSTGRES_URL is not set)"),
+    }
+    if let Ok(only) = std::env::var("ROLLCALL_BENCH_STORE") {
+        backends.retain(|b| b.name() == only);
+        if backends.is_empty() {
+            println!("ROLLCALL_BENCH_STORE={only}: no such store to bench (sqlite, postgres)");
+            return false;
+        }
     }
     println!(
         "{DEPARTMENTS} departments x {CONTACTS_PER_DEPARTMENT} contacts x {CHANNELS} channels = \
