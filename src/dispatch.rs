@@ -46,11 +46,25 @@ pub struct RetryPolicy {
 }
 
 pub struct Dispatcher {
+    outbox: Arc<Outbox>,
+}
+
+/// What a pass works with, shared by the pass's task and the dispatcher.
+struct Outbox {
     store: Store,
     clock: SharedClock,
     channels: Arc<Channels>,
     retry: RetryPolicy,
     worker: String,
+}
+
+/// A spawned pass, aborted if whoever awaits it goes away.
+struct PassTask(tokio::task::JoinHandle<Result<usize, StoreError>>);
+
+impl Drop for PassTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A store write in progress: it resolves to the messages it claimed and
@@ -68,23 +82,44 @@ impl Dispatcher {
         worker: String,
     ) -> Self {
         Dispatcher {
-            store,
-            clock,
-            channels,
-            retry,
-            worker,
+            outbox: Arc::new(Outbox {
+                store,
+                clock,
+                channels,
+                retry,
+                worker,
+            }),
         }
     }
 
     /// The channels this dispatcher sends on.
     pub fn channels(&self) -> &Channels {
-        &self.channels
+        &self.outbox.channels
     }
 
     /// Sends everything due now; returns how many messages were handled.
     /// Returns once nothing due is left to claim and every send is recorded.
-    #[tracing::instrument(name = "dispatch.pending", skip(self))]
+    ///
+    /// The pass runs as a task of its own on the runtime's workers, where
+    /// the wake-up of each finished send is a queue push. Awaited in place
+    /// by a caller on the thread that blocks on the runtime (the daemon's
+    /// main loop), each of those wake-ups crossed threads through a futex.
     pub async fn dispatch_pending(&self) -> Result<usize, StoreError> {
+        let outbox = Arc::clone(&self.outbox);
+        let mut task = PassTask(tokio::spawn(async move { outbox.pass().await }));
+        match (&mut task.0).await {
+            Ok(handled) => handled,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only the runtime shutting down cancels a pass that is still
+            // awaited.
+            Err(e) => Err(StoreError::Cancelled(e.to_string())),
+        }
+    }
+}
+
+impl Outbox {
+    #[tracing::instrument(name = "dispatch.pending", skip(self))]
+    async fn pass(&self) -> Result<usize, StoreError> {
         // Expired, acked-meanwhile and opted-out (PRODUCT.md §5) messages
         // are settled before anything is claimed.
         self.store.sweep_outbox(self.clock.now()).await?;

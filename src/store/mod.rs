@@ -82,6 +82,8 @@ pub enum StoreError {
     Conflict(String),
     #[error("not found: {0}")]
     NotFound(String),
+    #[error("cancelled: {0}")]
+    Cancelled(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
