@@ -684,13 +684,7 @@ impl Engine {
                     );
                     match self
                         .store
-                        .add_step(
-                            n.id,
-                            step_index as i64 + 1,
-                            n.roster_version,
-                            &outcomes,
-                            now,
-                        )
+                        .add_step(n.id, step_index as i64 + 1, &outcomes, now)
                         .await
                     {
                         Ok(_) => {

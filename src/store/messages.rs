@@ -158,12 +158,7 @@ trait OutboxWrites {
     ) -> DbResult<Vec<(i64, i64, String)>>;
 
     /// Inserts messages.
-    async fn message_rows(
-        &mut self,
-        chunk: &[MessageRow<'_>],
-        roster: i64,
-        now_ms: i64,
-    ) -> DbResult<()>;
+    async fn message_rows(&mut self, chunk: &[MessageRow<'_>], now_ms: i64) -> DbResult<()>;
 
     /// Records accepted messages, and their outcomes' first acceptance.
     /// A batch takes several statements, and a contact's messages may fall
@@ -191,7 +186,6 @@ trait OutboxWrites {
         &mut self,
         items: &[(i64, &NewOutcome)],
         now: DateTime<Utc>,
-        roster: i64,
     ) -> DbResult<()> {
         let now_ms = ms(now);
         let mut outcome_ids: HashMap<(i64, String), i64> = HashMap::with_capacity(items.len());
@@ -213,7 +207,7 @@ trait OutboxWrites {
             messages.extend(o.messages.iter().map(|m| (*nid, oid, *o, m)));
         }
         for chunk in messages.chunks(Self::FANOUT_ROWS) {
-            self.message_rows(chunk, roster, now_ms).await?;
+            self.message_rows(chunk, now_ms).await?;
         }
         Ok(())
     }
@@ -269,14 +263,9 @@ impl OutboxWrites for sqlx::Transaction<'static, sqlx::Sqlite> {
         q.build_query_as().fetch_all(&mut **self).await
     }
 
-    async fn message_rows(
-        &mut self,
-        chunk: &[MessageRow<'_>],
-        roster: i64,
-        now_ms: i64,
-    ) -> DbResult<()> {
+    async fn message_rows(&mut self, chunk: &[MessageRow<'_>], now_ms: i64) -> DbResult<()> {
         let mut q = sqlx::QueryBuilder::new(
-            "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, roster_version, step, state, \
+            "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, step, state, \
              payload, created_at, due_at, expires_at, finished_at) ",
         );
         q.push_values(chunk, |mut row, (nid, oid, o, m)| {
@@ -286,7 +275,6 @@ impl OutboxWrites for sqlx::Transaction<'static, sqlx::Sqlite> {
                 .push_bind(o.contact_id.as_str())
                 .push_bind(m.channel.as_str())
                 .push_bind(m.address.as_str())
-                .push_bind(roster)
                 .push_bind(o.step)
                 .push_bind(m.state)
                 .push_bind(pending.then_some(m.payload.as_str()))
@@ -380,15 +368,10 @@ impl OutboxWrites for sqlx::Transaction<'static, sqlx::Postgres> {
             .await
     }
 
-    async fn message_rows(
-        &mut self,
-        chunk: &[MessageRow<'_>],
-        roster: i64,
-        now_ms: i64,
-    ) -> DbResult<()> {
-        const INSERT: &str = "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, roster_version, step, state, \
+    async fn message_rows(&mut self, chunk: &[MessageRow<'_>], now_ms: i64) -> DbResult<()> {
+        const INSERT: &str = "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, step, state, \
              payload, created_at, due_at, expires_at, finished_at) \
-             SELECT n, o, c, ch, a, $10, s, st, p, $11, $11, e, CASE WHEN st = 'pending' THEN NULL ELSE $11 END \
+             SELECT n, o, c, ch, a, s, st, p, $10, $10, e, CASE WHEN st = 'pending' THEN NULL ELSE $10 END \
              FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::bigint[]) \
              AS u(n, o, c, ch, a, s, st, p, e)";
         sqlx::query(INSERT)
@@ -403,7 +386,6 @@ impl OutboxWrites for sqlx::Transaction<'static, sqlx::Postgres> {
                 (m.state == "pending").then_some(m.payload.as_str())
             }))
             .bind(column(chunk, |(.., m)| ms(m.expires_at)))
-            .bind(roster)
             .bind(now_ms)
             .execute(&mut **self)
             .await?;
@@ -484,7 +466,7 @@ impl Store {
                     })?;
                     outcomes.extend(n.outcomes.iter().map(|o| (nid, o)));
                 }
-                tx.insert_outcomes(&outcomes, now, roster_version).await?;
+                tx.insert_outcomes(&outcomes, now).await?;
                 tx.commit().await?;
                 Ok::<bool, sqlx::Error>(true)
             }
@@ -500,11 +482,17 @@ impl Store {
                 // A large fan-out can change the outbox's size by orders of
                 // magnitude; without fresh statistics PostgreSQL may plan the
                 // claims as if the tables were still empty (a nested loop over
-                // every department per claim). The round is already committed,
-                // so a failure here only costs speed.
-                if let Err(e) = sqlx::query("ANALYZE messages, outcomes, notifications")
-                    .execute(p)
-                    .await
+                // every department per claim). Only the columns the claims
+                // filter and join on: the statistics of the texts (payloads,
+                // addresses) cost most of a full ANALYZE and guide no plan.
+                // The round is already committed, so a failure here only
+                // costs speed.
+                if let Err(e) = sqlx::query(
+                    "ANALYZE messages (state, due_at, expires_at, channel, notification_id), \
+                     outcomes (notification_id), notifications (status, acked_at)",
+                )
+                .execute(p)
+                .await
                 {
                     tracing::warn!(error = %e, "could not refresh the outbox statistics");
                 }
@@ -524,7 +512,6 @@ impl Store {
         &self,
         notification_id: i64,
         step: i64,
-        roster_version: i64,
         outcomes: &[NewOutcome],
         now: DateTime<Utc>,
     ) -> Result<bool> {
@@ -544,7 +531,7 @@ impl Store {
                 }
                 let outcomes: Vec<(i64, &NewOutcome)> =
                     outcomes.iter().map(|o| (notification_id, o)).collect();
-                tx.insert_outcomes(&outcomes, now, roster_version).await?;
+                tx.insert_outcomes(&outcomes, now).await?;
                 tx.commit().await?;
                 Ok::<bool, sqlx::Error>(true)
             }
