@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 use crate::channel::{Channels, ProviderEvent};
 use crate::clock::SharedClock;
@@ -106,7 +107,9 @@ impl Dispatcher {
     /// main loop), each of those wake-ups crossed threads through a futex.
     pub async fn dispatch_pending(&self) -> Result<usize, StoreError> {
         let outbox = Arc::clone(&self.outbox);
-        let mut task = PassTask(tokio::spawn(async move { outbox.pass().await }));
+        // In the caller's span, so the pass's log lines keep their context.
+        let pass = async move { outbox.pass().await }.in_current_span();
+        let mut task = PassTask(tokio::spawn(pass));
         match (&mut task.0).await {
             Ok(handled) => handled,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
