@@ -856,7 +856,7 @@ impl Store {
     /// how many notifications became final.
     pub async fn finalise_due(&self, now: DateTime<Utc>) -> Result<u64> {
         const DUE: &str = "SELECT n.id, n.target_at, n.deadline_at, n.final_at, n.acked_at, n.step, \
-             EXISTS (SELECT 1 FROM messages m WHERE m.notification_id = n.id \
+             EXISTS (SELECT 1 FROM outcomes o JOIN messages m ON m.outcome_id = o.id WHERE o.notification_id = n.id \
                      AND m.state IN ('accepted', 'delivered')) AS reached \
              FROM notifications n WHERE n.status IN ('open', 'escalated') AND n.final_at <= $1";
         const SET: &str = "UPDATE notifications SET status = $1, finalised_at = $2 \
@@ -914,8 +914,9 @@ impl Store {
             sqlx::query(
                 "UPDATE messages SET state = 'cancelled', state_reason = 'endex', payload = NULL, finished_at = $1, \
                  claimed_by = NULL, claim_expires_at = NULL \
-                 WHERE state IN ('pending', 'sending') AND notification_id IN \
-                 (SELECT n.id FROM notifications n JOIN rounds r ON r.id = n.round_id WHERE r.exercise_id = $2)",
+                 WHERE state IN ('pending', 'sending') AND outcome_id IN \
+                 (SELECT o.id FROM outcomes o JOIN notifications n ON n.id = o.notification_id JOIN rounds r ON r.id = n.round_id \
+                  WHERE r.exercise_id = $2)",
             )
             .bind(ms(now)).bind(exercise).execute(&mut *tx).await?;
             let n = sqlx::query(
@@ -1028,7 +1029,7 @@ impl Store {
                     .bind(ms(at)).bind(info.notification_id).execute(&mut *tx).await?;
                     sqlx::query(
                         "UPDATE messages SET state = 'cancelled', state_reason = 'acked', payload = NULL, finished_at = $1 \
-                         WHERE notification_id = $2 AND state = 'pending'",
+                         WHERE outcome_id IN (SELECT id FROM outcomes WHERE notification_id = $2) AND state = 'pending'",
                     )
                     .bind(ms(at)).bind(info.notification_id).execute(&mut *tx).await?;
                 }
@@ -1104,9 +1105,10 @@ impl Store {
              n.id AS notification_id, n.department, n.status, n.step, n.acked_at, n.ack_after_deadline_at, \
              (SELECT a.channel FROM acks a WHERE a.notification_id = n.id AND a.counts = 1 ORDER BY a.acked_at, a.id LIMIT 1) AS ack_channel, \
              (SELECT a.contact_id FROM acks a WHERE a.notification_id = n.id AND a.counts = 1 ORDER BY a.acked_at, a.id LIMIT 1) AS ack_contact, \
-             (SELECT MIN(m.accepted_at) FROM messages m WHERE m.notification_id = n.id) AS first_accepted_at, \
-             (SELECT COUNT(*) FROM messages m WHERE m.notification_id = n.id) AS messages, \
-             (SELECT COUNT(*) FROM messages m WHERE m.notification_id = n.id AND m.state IN ('accepted', 'delivered')) AS messages_reached \
+             (SELECT MIN(m.accepted_at) FROM outcomes o JOIN messages m ON m.outcome_id = o.id WHERE o.notification_id = n.id) AS first_accepted_at, \
+             (SELECT COUNT(*) FROM outcomes o JOIN messages m ON m.outcome_id = o.id WHERE o.notification_id = n.id) AS messages, \
+             (SELECT COUNT(*) FROM outcomes o JOIN messages m ON m.outcome_id = o.id WHERE o.notification_id = n.id \
+                     AND m.state IN ('accepted', 'delivered')) AS messages_reached \
              FROM rounds r JOIN notifications n ON n.round_id = r.id \
              WHERE r.exercise_id = $1 ORDER BY r.planned_at, r.id, n.department";
         Ok(on_db!(self, |p| sqlx::query_as(Q)
