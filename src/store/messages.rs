@@ -188,22 +188,26 @@ trait OutboxWrites {
         now: DateTime<Utc>,
     ) -> DbResult<()> {
         let now_ms = ms(now);
-        let mut outcome_ids: HashMap<(i64, String), i64> = HashMap::with_capacity(items.len());
+        // Each item's place by (notification, contact), keyed by the items'
+        // own strings, so the ids that come back are matched without a copy.
+        let places: HashMap<(i64, &str), usize> = items
+            .iter()
+            .enumerate()
+            .map(|(i, (nid, o))| ((*nid, o.contact_id.as_str()), i))
+            .collect();
+        let mut outcome_ids: Vec<Option<i64>> = vec![None; items.len()];
         for chunk in items.chunks(Self::FANOUT_ROWS) {
-            let rows = self.outcome_rows(chunk, now_ms).await?;
-            outcome_ids.extend(
-                rows.into_iter()
-                    .map(|(id, nid, contact)| ((nid, contact), id)),
-            );
+            for (id, nid, contact) in self.outcome_rows(chunk, now_ms).await? {
+                if let Some(&i) = places.get(&(nid, contact.as_str())) {
+                    outcome_ids[i] = Some(id);
+                }
+            }
         }
         let mut messages: Vec<MessageRow<'_>> = Vec::with_capacity(items.len() * 3);
-        for (nid, o) in items {
-            let oid = outcome_ids
-                .get(&(*nid, o.contact_id.clone()))
-                .copied()
-                .ok_or_else(|| {
-                    sqlx::Error::Protocol(format!("no id came back for outcome {}", o.contact_id))
-                })?;
+        for ((nid, o), oid) in items.iter().zip(outcome_ids) {
+            let oid = oid.ok_or_else(|| {
+                sqlx::Error::Protocol(format!("no id came back for outcome {}", o.contact_id))
+            })?;
             messages.extend(o.messages.iter().map(|m| (*nid, oid, *o, m)));
         }
         for chunk in messages.chunks(Self::FANOUT_ROWS) {
@@ -1100,16 +1104,20 @@ impl Store {
 
     // ---- reports -------------------------------------------------------
 
+    /// One row per notification of the exercise; its messages are counted
+    /// in one grouped pass over the exercise's outcomes, not once per column.
     pub async fn report_rows(&self, exercise: &str) -> Result<Vec<ReportRow>> {
         const Q: &str = "SELECT r.id AS round_id, r.label AS round_label, r.state AS round_state, r.planned_at, r.fired_at, \
              n.id AS notification_id, n.department, n.status, n.step, n.acked_at, n.ack_after_deadline_at, \
              (SELECT a.channel FROM acks a WHERE a.notification_id = n.id AND a.counts = 1 ORDER BY a.acked_at, a.id LIMIT 1) AS ack_channel, \
              (SELECT a.contact_id FROM acks a WHERE a.notification_id = n.id AND a.counts = 1 ORDER BY a.acked_at, a.id LIMIT 1) AS ack_contact, \
-             (SELECT MIN(m.accepted_at) FROM outcomes o JOIN messages m ON m.outcome_id = o.id WHERE o.notification_id = n.id) AS first_accepted_at, \
-             (SELECT COUNT(*) FROM outcomes o JOIN messages m ON m.outcome_id = o.id WHERE o.notification_id = n.id) AS messages, \
-             (SELECT COUNT(*) FROM outcomes o JOIN messages m ON m.outcome_id = o.id WHERE o.notification_id = n.id \
-                     AND m.state IN ('accepted', 'delivered')) AS messages_reached \
+             s.first_accepted_at, COALESCE(s.messages, 0) AS messages, COALESCE(s.messages_reached, 0) AS messages_reached \
              FROM rounds r JOIN notifications n ON n.round_id = r.id \
+             LEFT JOIN (SELECT o.notification_id AS id, MIN(m.accepted_at) AS first_accepted_at, COUNT(*) AS messages, \
+                        SUM(CASE WHEN m.state IN ('accepted', 'delivered') THEN 1 ELSE 0 END) AS messages_reached \
+                        FROM rounds r2 JOIN notifications n2 ON n2.round_id = r2.id \
+                        JOIN outcomes o ON o.notification_id = n2.id JOIN messages m ON m.outcome_id = o.id \
+                        WHERE r2.exercise_id = $1 GROUP BY o.notification_id) s ON s.id = n.id \
              WHERE r.exercise_id = $1 ORDER BY r.planned_at, r.id, n.department";
         Ok(on_db!(self, |p| sqlx::query_as(Q)
             .bind(exercise)
