@@ -57,29 +57,6 @@ fn unique_violation(e: &sqlx::Error) -> bool {
 /// statements instead of one per row.
 const INSERT_ROWS: usize = 500;
 
-/// Bytes of bound values per recording statement on PostgreSQL. sqlx 0.9.0
-/// leaves Nagle's algorithm on (upstream transact-rs/sqlx#4335): a request
-/// larger than the socket's initial send buffer (16 KB on Linux) goes out in
-/// two writes, and the second waits for the server's delayed ACK, about
-/// 40 ms per statement. Results are recorded in requests under this size,
-/// which go out in one. (The fan-out's few statements, see
-/// [`PG_FANOUT_ROWS`], pay that wait once each.)
-const PG_STATEMENT_BYTES: usize = 12 * 1024;
-
-/// Splits `items` into runs of equal length (the last may be shorter): at
-/// most `max_rows`, and few enough that a run of the largest item stays
-/// within `budget` bytes (at least one). Equal runs repeat one statement
-/// text, so PostgreSQL prepares it once.
-fn chunks_within<T>(
-    items: &[T],
-    max_rows: usize,
-    budget: usize,
-    size: impl Fn(&T) -> usize,
-) -> std::slice::Chunks<'_, T> {
-    let largest = items.iter().map(size).max().unwrap_or(1).max(1);
-    items.chunks((budget / largest).clamp(1, max_rows.max(1)))
-}
-
 /// A fan-out of at least this many messages refreshes PostgreSQL's
 /// statistics of the outbox tables (see [`Store::fire_round`]).
 const ANALYZE_AFTER: usize = 1_000;
@@ -316,9 +293,8 @@ impl OutboxWrites for sqlx::Transaction<'static, sqlx::Sqlite> {
 
 /// Rows per PostgreSQL fan-out statement, which binds each column as one
 /// array. A round of 30,000 messages is then five statements rather than
-/// the 84 of 500-row `VALUES` lists: PostgreSQL parses and plans each
-/// once, and a 40 ms stall at the end of a large request (see
-/// [`PG_STATEMENT_BYTES`]) is paid five times, not 84.
+/// the 84 of 500-row `VALUES` lists, and PostgreSQL parses and plans each
+/// once.
 const PG_FANOUT_ROWS: usize = 10_000;
 
 /// One column of `rows`, as the array PostgreSQL reads with `unnest`.
@@ -327,8 +303,10 @@ fn column<'a, T, V>(rows: &'a [T], f: impl Fn(&'a T) -> V) -> Vec<V> {
 }
 
 /// PostgreSQL: every column bound as one array and read back with `unnest`,
-/// `PG_FANOUT_ROWS` rows a statement; acceptances in statements of at most
-/// `PG_STATEMENT_BYTES`.
+/// `PG_FANOUT_ROWS` rows a statement; a batch's acceptances in one statement
+/// for the messages and one for their outcomes. (These requests run to
+/// hundreds of kilobytes: sqlx sets `TCP_NODELAY` since 0.9.1, without which
+/// each one's last segment waited out the server's delayed ACK, about 40 ms.)
 impl OutboxWrites for sqlx::Transaction<'static, sqlx::Postgres> {
     const FANOUT_ROWS: usize = PG_FANOUT_ROWS;
 
@@ -406,25 +384,22 @@ impl OutboxWrites for sqlx::Transaction<'static, sqlx::Postgres> {
                    FROM unnest($1::bigint[], $2::bigint[]) AS r(outcome_id, at_ms) \
                    GROUP BY r.outcome_id) AS j \
              WHERE outcomes.id = j.id AND (outcomes.accepted_at IS NULL OR outcomes.accepted_at > j.at_ms)";
-        // An array element costs its bytes and a 4-byte length.
-        let runs = chunks_within(accepted, usize::MAX, PG_STATEMENT_BYTES, |a| {
-            3 * 12 + 8 + a.provider.len() + a.provider_ref.map_or(0, str::len)
-        });
-        for run in runs {
-            let at = column(run, |a| a.at_ms);
-            sqlx::query(ACCEPT)
-                .bind(column(run, |a| a.id))
-                .bind(&at)
-                .bind(column(run, |a| a.provider))
-                .bind(column(run, |a| a.provider_ref))
-                .execute(&mut **self)
-                .await?;
-            sqlx::query(ACCEPT_OUTCOMES)
-                .bind(column(run, |a| a.outcome_id))
-                .bind(&at)
-                .execute(&mut **self)
-                .await?;
+        if accepted.is_empty() {
+            return Ok(());
         }
+        let at = column(accepted, |a| a.at_ms);
+        sqlx::query(ACCEPT)
+            .bind(column(accepted, |a| a.id))
+            .bind(&at)
+            .bind(column(accepted, |a| a.provider))
+            .bind(column(accepted, |a| a.provider_ref))
+            .execute(&mut **self)
+            .await?;
+        sqlx::query(ACCEPT_OUTCOMES)
+            .bind(column(accepted, |a| a.outcome_id))
+            .bind(&at)
+            .execute(&mut **self)
+            .await?;
         Ok(())
     }
 }
@@ -1133,30 +1108,5 @@ impl Store {
             .bind(exercise)
             .fetch_all(p)
             .await)?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::chunks_within;
-
-    #[test]
-    fn statements_are_cut_into_equal_runs_by_rows_and_by_the_largest_item() {
-        let sizes = [5, 5, 5, 20, 1, 1, 1, 1];
-        let runs: Vec<&[usize]> = chunks_within(&sizes, 3, 45, |n| *n).collect();
-        assert_eq!(
-            runs,
-            vec![&[5, 5][..], &[5, 20][..], &[1, 1][..], &[1, 1][..]],
-            "two of the largest (20 bytes) fit in 45 bytes, so every run has two"
-        );
-        let by_rows: Vec<&[usize]> = chunks_within(&sizes, 3, usize::MAX, |n| *n).collect();
-        assert_eq!(by_rows, vec![&sizes[..3], &sizes[3..6], &sizes[6..]]);
-        let oversize: Vec<&[usize]> = chunks_within(&sizes, 3, 10, |n| *n).collect();
-        assert_eq!(
-            oversize.len(),
-            sizes.len(),
-            "an item over the budget still goes, alone"
-        );
-        assert_eq!(chunks_within(&[] as &[usize], 3, 12, |n| *n).count(), 0);
     }
 }
