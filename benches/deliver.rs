@@ -334,7 +334,7 @@ async fn rig(backend: &Backend, run: usize, sinks: &Sinks) -> Rig {
     let shared: SharedClock = clock.clone();
     let cfg = config(sinks);
     let channels = Channels::from_config(&cfg, secrets(&cfg)).expect("channels");
-    let engine = Engine::with_seed(
+    let mut engine = Engine::with_seed(
         store.clone(),
         Arc::clone(&shared),
         engine_settings(&cfg),
@@ -349,6 +349,9 @@ async fn rig(backend: &Backend, run: usize, sinks: &Sinks) -> Rig {
         retry_policy(&cfg),
         "bench".into(),
     );
+    // As the daemon does: the round's messages are written already claimed
+    // for this dispatcher.
+    engine.hand_first_sends_to(dispatcher.handoff());
     Rig {
         fresh,
         clock,
@@ -460,7 +463,7 @@ enum Wire {
 /// The rendered messages of a fired round, in the order the outbox hands
 /// them out.
 async fn outbox_payloads(store: &Store) -> Vec<(i64, Payload)> {
-    const Q: &str = "SELECT id, payload FROM messages WHERE state = 'pending' ORDER BY due_at, id";
+    const Q: &str = "SELECT id, payload FROM messages WHERE state IN ('pending', 'sending') ORDER BY due_at, id";
     let rows: Vec<(i64, String)> = match store {
         Store::Sqlite(p) => sqlx::query_as(Q).fetch_all(p).await,
         Store::Postgres(p) => sqlx::query_as(Q).fetch_all(p).await,

@@ -89,7 +89,7 @@ pub async fn run(
     store.check_schema().await?;
     let sms_hooks = SmsHooks::from_config(cfg, &secrets);
     let channels = Arc::new(Channels::from_config(cfg, secrets)?);
-    let engine = Engine::new(store.clone(), Arc::clone(&clock), engine_settings(cfg));
+    let mut engine = Engine::new(store.clone(), Arc::clone(&clock), engine_settings(cfg));
     if let Err(e) = engine.prepare().await {
         // The first round that needs the roster reports it again.
         tracing::warn!(error = %e, "could not read the current roster ahead of the first round");
@@ -102,6 +102,9 @@ pub async fn run(
         retry_policy(cfg),
         worker,
     );
+    // The daemon's loop dispatches after every tick: a round's messages are
+    // written already claimed for this dispatcher and sent on its next pass.
+    engine.hand_first_sends_to(dispatcher.handoff());
 
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

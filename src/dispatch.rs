@@ -7,6 +7,11 @@
 //! in one transaction ([`Store::finish_and_claim`]). A write takes about as
 //! long as a durable commit, so under load each one carries a batch of
 //! results (group commit), and with no load it carries one.
+//!
+//! A round's first messages need no claim of their own: the engine writes
+//! them already claimed for this dispatcher's worker in the fan-out's
+//! transaction and leaves them in the dispatcher's [`Handoff`], which the
+//! next pass sends first.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -27,9 +32,10 @@ pub const CLAIM_TTL: TimeDelta = TimeDelta::seconds(60);
 pub const CONCURRENCY: usize = 64;
 /// Claimed messages held at most: those in flight and those waiting for a
 /// free slot. Claiming ahead keeps every slot busy while a write commits,
-/// and lets each write carry hundreds of rows. After a crash, only claimed
-/// messages whose send finished but was not yet recorded can go out twice:
-/// at most this many.
+/// and lets each write carry hundreds of rows. It also bounds the sends
+/// not yet recorded: a pass holds at most this many messages in flight or
+/// sent and awaiting their write, even when a fan-out has handed it a whole
+/// round, so after a crash at most this many can go out twice.
 const CLAIM_AHEAD: usize = 8 * CONCURRENCY;
 /// A claimed message still waiting for a slot this close to its claim's
 /// lapse is left alone: another pass (or worker) takes it over once the
@@ -50,13 +56,45 @@ pub struct Dispatcher {
     outbox: Arc<Outbox>,
 }
 
+/// Messages a fan-out wrote already claimed for a dispatcher's worker,
+/// waiting in memory for that dispatcher's next pass. Each keeps the
+/// instant its claim lapses: one still waiting near its lapse is left to
+/// the lapsed-claim path like any other claimed message.
+pub struct Handoff {
+    worker: String,
+    waiting: std::sync::Mutex<Vec<(ClaimedMessage, DateTime<Utc>)>>,
+}
+
+impl Handoff {
+    /// The worker the messages are claimed for.
+    pub fn worker(&self) -> &str {
+        &self.worker
+    }
+
+    /// When a claim taken at `now` lapses.
+    pub fn claim_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + CLAIM_TTL
+    }
+
+    /// Leaves `claimed` (claimed until `until`) for the next pass.
+    pub fn hand_over(&self, claimed: Vec<ClaimedMessage>, until: DateTime<Utc>) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        waiting.extend(claimed.into_iter().map(|m| (m, until)));
+    }
+
+    /// Everything handed over so far.
+    fn take(&self) -> Vec<(ClaimedMessage, DateTime<Utc>)> {
+        std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// What a pass works with, shared by the pass's task and the dispatcher.
 struct Outbox {
     store: Store,
     clock: SharedClock,
     channels: Arc<Channels>,
     retry: RetryPolicy,
-    worker: String,
+    handoff: Arc<Handoff>,
 }
 
 /// A spawned pass, aborted if whoever awaits it goes away.
@@ -88,9 +126,18 @@ impl Dispatcher {
                 clock,
                 channels,
                 retry,
-                worker,
+                handoff: Arc::new(Handoff {
+                    worker,
+                    waiting: std::sync::Mutex::default(),
+                }),
             }),
         }
+    }
+
+    /// Where an engine leaves the messages it fans out already claimed for
+    /// this dispatcher ([`crate::engine::Engine::hand_first_sends_to`]).
+    pub fn handoff(&self) -> Arc<Handoff> {
+        Arc::clone(&self.outbox.handoff)
     }
 
     /// The channels this dispatcher sends on.
@@ -133,12 +180,20 @@ impl Outbox {
         // Sent, not yet recorded.
         let mut finished: Vec<Finished> = Vec::new();
         let mut write: Option<(Write<'_>, usize)> = None;
+        // Results the write in progress records.
+        let mut recording = 0;
         // Whether the outbox may hold more due messages.
         let mut more = true;
         let mut first = true;
         loop {
+            let handed = self.handoff.take();
+            if !handed.is_empty() {
+                handled += handed.len();
+                queue.extend(handed);
+            }
             let now = self.clock.now();
             while sending.len() < CONCURRENCY
+                && sending.len() + finished.len() + recording < CLAIM_AHEAD
                 && let Some((message, lapses)) = queue.pop_front()
             {
                 if lapses - now < CLAIM_MARGIN {
@@ -169,9 +224,10 @@ impl Outbox {
                     || (!finished.is_empty() && (!more || sending.is_empty()));
                 if claim || record {
                     let batch = std::mem::take(&mut finished);
+                    recording = batch.len();
                     // The pass's first claim also takes over lapsed claims.
-                    write = Some((Box::pin(self.write(batch, room, first)), room));
-                    first = false;
+                    write = Some((Box::pin(self.write(batch, room, first && room > 0)), room));
+                    first &= room == 0;
                 } else if sending.is_empty() && queue.is_empty() {
                     return Ok(handled);
                 }
@@ -186,6 +242,7 @@ impl Outbox {
                 }
                 claimed = async { write.as_mut().map(|(w, _)| w).expect("a write").await }, if write.is_some() => {
                     let wanted = write.take().map_or(0, |(_, room)| room);
+                    recording = 0;
                     let (claimed, lapses) = claimed?;
                     if wanted > 0 {
                         // Fewer than asked for: nothing more is due now.
@@ -251,7 +308,7 @@ impl Outbox {
             .finish_and_claim(
                 &finished,
                 &Claim {
-                    worker: &self.worker,
+                    worker: &self.handoff.worker,
                     now,
                     until,
                     limit: room as i64,

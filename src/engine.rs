@@ -11,6 +11,7 @@ use rand::rngs::ChaCha8Rng;
 
 use crate::clock::SharedClock;
 use crate::config::SenderMode;
+use crate::dispatch::Handoff;
 use crate::domain::codes::{AckCode, LinkToken};
 use crate::domain::contacts::{Contact, Department, Roster};
 use crate::domain::plan::Plan;
@@ -18,8 +19,8 @@ use crate::domain::render::{Alert, Names, Payload, RawJson, TextKind};
 use crate::domain::schedule::{Schedule, Step};
 use crate::domain::{ChannelKind, Lang};
 use crate::store::{
-    Clockwork, NewMessage, NewNotification, NewOutcome, OpenNotification, RoundRow, Store,
-    StoreError, from_ms,
+    Clockwork, FanoutClaim, NewMessage, NewNotification, NewOutcome, OpenNotification, RoundRow,
+    Store, StoreError, from_ms,
 };
 
 mod notices;
@@ -102,6 +103,9 @@ pub struct Engine {
     /// The last event turned into control notices; `None` until the first
     /// pass reads it from the store.
     notice_cursor: Mutex<Option<i64>>,
+    /// Where fan-outs leave their messages, written already claimed; without
+    /// one they are written `pending` for any dispatcher to claim.
+    handoff: Option<Arc<Handoff>>,
 }
 
 impl Engine {
@@ -115,6 +119,7 @@ impl Engine {
             rng: Mutex::new(ChaCha8Rng::from_seed(seed)),
             rosters: Mutex::default(),
             notice_cursor: Mutex::default(),
+            handoff: None,
         }
     }
 
@@ -132,11 +137,22 @@ impl Engine {
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
             rosters: Mutex::default(),
             notice_cursor: Mutex::default(),
+            handoff: None,
         }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Fans rounds out with their messages already claimed for the
+    /// dispatcher `handoff` belongs to, which sends them on its next pass
+    /// without claiming them again. Only for a dispatcher that runs after
+    /// this engine's ticks (the daemon's loop): the claims lapse after
+    /// [`crate::dispatch::CLAIM_TTL`] and the messages are then claimed
+    /// again by whichever pass comes first.
+    pub fn hand_first_sends_to(&mut self, handoff: Arc<Handoff>) {
+        self.handoff = Some(handoff);
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -289,12 +305,22 @@ impl Engine {
         for _attempt in 0..5 {
             let notifications =
                 self.first_step_notifications(&schedule, &targets, &round.label, clock);
+            let claim = self.handoff.as_deref().map(|h| FanoutClaim {
+                worker: h.worker(),
+                until: h.claim_until(now),
+            });
             match self
                 .store
-                .fire_round(round.id, version, clock, &notifications)
+                .fire_round_claiming(round.id, version, clock, &notifications, claim.as_ref())
                 .await
             {
-                Ok(fired) => {
+                Ok(claimed) => {
+                    let fired = claimed.is_some();
+                    if let (Some(claimed), Some(handoff), Some(claim)) =
+                        (claimed, &self.handoff, &claim)
+                    {
+                        handoff.hand_over(claimed, claim.until);
+                    }
                     if fired {
                         let codes: Vec<&str> = notifications
                             .iter()

@@ -181,7 +181,7 @@ pub async fn run(
         .await?;
 
     let channels = Arc::new(Channels::from_config(&cfg, secrets)?);
-    let engine = Engine::with_seed(
+    let mut engine = Engine::with_seed(
         store.clone(),
         Arc::clone(&clock),
         crate::daemon::engine_settings(&cfg),
@@ -194,6 +194,7 @@ pub async fn run(
         crate::daemon::retry_policy(&cfg),
         "simulate".into(),
     );
+    engine.hand_first_sends_to(dispatcher.handoff());
     let http = reqwest::Client::new();
 
     let mut pending: Vec<PendingAck> = Vec::new();

@@ -1,6 +1,6 @@
 //! Fan-out, the outbox, escalation, acks and finalisation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -36,6 +36,14 @@ pub struct Claim<'a> {
     /// rows) before pending messages. They only appear a claim's lifetime
     /// after a crash, so a sender looks once per pass, not on every claim.
     pub lapsed: bool,
+}
+
+/// A fan-out's sendable messages written already claimed by `worker` until
+/// `until` (attempt 1), for that worker to send without claiming them again.
+#[derive(Debug, Clone, Copy)]
+pub struct FanoutClaim<'a> {
+    pub worker: &'a str,
+    pub until: DateTime<Utc>,
 }
 
 /// The instants a notification is measured against.
@@ -97,8 +105,28 @@ fn sqlite_accept() -> (&'static str, &'static str) {
 }
 
 /// One message of a fan-out with the ids it hangs from: its notification,
-/// its outcome, the outcome and the message.
-type MessageRow<'a> = (i64, i64, &'a NewOutcome, &'a NewMessage);
+/// its outcome, the outcome, the message and the state it is written in
+/// (`sending` when the fan-out claims it).
+type MessageRow<'a> = (i64, i64, &'a NewOutcome, &'a NewMessage, &'static str);
+
+/// What a claiming fan-out's insert returns of each row: its id, its outcome
+/// and, for a claimed row, its channel's number ([`channel_number`]); 0 for
+/// a row not claimed. Numbers, not texts: a round returns tens of thousands.
+const RETURNING_CLAIMED: &str = " RETURNING id, outcome_id, \
+     CAST(CASE WHEN state = 'sending' THEN CASE channel WHEN 'sms' THEN 1 WHEN 'email' THEN 2 ELSE 3 END ELSE 0 END AS BIGINT)";
+
+/// A channel's number in [`RETURNING_CLAIMED`].
+fn channel_number(channel: &str) -> i64 {
+    match channel {
+        "sms" => 1,
+        "email" => 2,
+        _ => 3,
+    }
+}
+
+/// The claim a fan-out writes its claimed messages with: worker and lapse
+/// (epoch milliseconds).
+type RowClaim<'a> = Option<(&'a str, i64)>;
 
 /// One accepted message, as the bulk statements read it.
 struct Accepted<'a> {
@@ -134,8 +162,15 @@ trait OutboxWrites {
         now_ms: i64,
     ) -> DbResult<Vec<(i64, i64, String)>>;
 
-    /// Inserts messages.
-    async fn message_rows(&mut self, chunk: &[MessageRow<'_>], now_ms: i64) -> DbResult<()>;
+    /// Inserts messages, those in state `sending` claimed as `claim` says;
+    /// with a claim, returns the (id, outcome id, channel number) of each
+    /// claimed one ([`RETURNING_CLAIMED`]).
+    async fn message_rows(
+        &mut self,
+        chunk: &[MessageRow<'_>],
+        now_ms: i64,
+        claim: RowClaim<'_>,
+    ) -> DbResult<Vec<(i64, i64, i64)>>;
 
     /// Records accepted messages, and their outcomes' first acceptance.
     /// A batch takes several statements, and a contact's messages may fall
@@ -159,11 +194,15 @@ trait OutboxWrites {
     }
 
     /// Inserts outcomes (each with its notification id) and their messages.
+    /// With `claim`, the messages that could be claimed now (pending, before
+    /// their deadline, not an SMS to a number that opted out) are written
+    /// claimed, and returned as claimed.
     async fn insert_outcomes(
         &mut self,
         items: &[(i64, &NewOutcome)],
         now: DateTime<Utc>,
-    ) -> DbResult<()> {
+        claim: Option<&FanoutClaim<'_>>,
+    ) -> DbResult<Vec<ClaimedMessage>> {
         let now_ms = ms(now);
         // Each item's place by (notification, contact), keyed by the items'
         // own strings, so the ids that come back are matched without a copy.
@@ -180,18 +219,63 @@ trait OutboxWrites {
                 }
             }
         }
+        let opted_out = match claim {
+            Some(_) => self.opted_out().await?,
+            None => HashSet::new(),
+        };
+        let state_of = |m: &NewMessage| -> &'static str {
+            let claimable = claim.is_some()
+                && m.state == "pending"
+                && ms(m.expires_at) > now_ms
+                && !(m.channel == "sms" && opted_out.contains(m.address.as_str()));
+            if claimable { "sending" } else { m.state }
+        };
         let mut messages: Vec<MessageRow<'_>> = Vec::with_capacity(items.len() * 3);
         for ((nid, o), oid) in items.iter().zip(outcome_ids) {
             let oid = oid.ok_or_else(|| {
                 sqlx::Error::Protocol(format!("no id came back for outcome {}", o.contact_id))
             })?;
-            messages.extend(o.messages.iter().map(|m| (*nid, oid, *o, m)));
+            messages.extend(o.messages.iter().map(|m| (*nid, oid, *o, m, state_of(m))));
         }
+        let row_claim = claim.map(|c| (c.worker, ms(c.until)));
+        // The claimed messages' ids by (outcome, channel number).
+        let mut ids: HashMap<(i64, i64), i64> = HashMap::new();
         for chunk in messages.chunks(Self::FANOUT_ROWS) {
-            self.message_rows(chunk, now_ms).await?;
+            for (id, oid, channel) in self.message_rows(chunk, now_ms, row_claim).await? {
+                ids.insert((oid, channel), id);
+            }
         }
-        Ok(())
+        let mut claimed = Vec::with_capacity(messages.len());
+        for (nid, oid, o, m, state) in messages {
+            if state != "sending" {
+                continue;
+            }
+            let id = ids
+                .get(&(oid, channel_number(&m.channel)))
+                .copied()
+                .ok_or_else(|| {
+                    sqlx::Error::Protocol(format!(
+                        "no id came back for the {} message to {}",
+                        m.channel, o.contact_id
+                    ))
+                })?;
+            claimed.push(ClaimedMessage {
+                id,
+                notification_id: nid,
+                outcome_id: oid,
+                contact_id: o.contact_id.clone(),
+                channel: m.channel.clone(),
+                address: m.address.clone(),
+                payload: Some(m.payload.clone()),
+                attempts: 1,
+                expires_at: ms(m.expires_at),
+            });
+        }
+        Ok(claimed)
     }
+
+    /// The numbers that opted out of SMS.
+    async fn opted_out(&mut self) -> DbResult<HashSet<String>>;
 }
 
 /// SQLite: multi-row `VALUES`, `INSERT_ROWS` rows a statement; acceptances
@@ -244,28 +328,52 @@ impl OutboxWrites for sqlx::Transaction<'static, sqlx::Sqlite> {
         q.build_query_as().fetch_all(&mut **self).await
     }
 
-    async fn message_rows(&mut self, chunk: &[MessageRow<'_>], now_ms: i64) -> DbResult<()> {
+    async fn message_rows(
+        &mut self,
+        chunk: &[MessageRow<'_>],
+        now_ms: i64,
+        claim: RowClaim<'_>,
+    ) -> DbResult<Vec<(i64, i64, i64)>> {
         let mut q = sqlx::QueryBuilder::new(
             "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, step, state, \
-             payload, created_at, due_at, expires_at, finished_at) ",
+             payload, created_at, due_at, expires_at, finished_at, attempts, claimed_by, claim_expires_at) ",
         );
-        q.push_values(chunk, |mut row, (nid, oid, o, m)| {
-            let pending = m.state == "pending";
+        q.push_values(chunk, |mut row, (nid, oid, o, m, state)| {
+            let sendable = *state == "pending" || *state == "sending";
+            let claimed = claim.filter(|_| *state == "sending");
             row.push_bind(*nid)
                 .push_bind(*oid)
                 .push_bind(o.contact_id.as_str())
                 .push_bind(m.channel.as_str())
                 .push_bind(m.address.as_str())
                 .push_bind(o.step)
-                .push_bind(m.state)
-                .push_bind(pending.then_some(m.payload.as_str()))
+                .push_bind(*state)
+                .push_bind(sendable.then_some(m.payload.as_str()))
                 .push_bind(now_ms)
                 .push_bind(now_ms)
                 .push_bind(ms(m.expires_at))
-                .push_bind((!pending).then_some(now_ms));
+                .push_bind((!sendable).then_some(now_ms))
+                .push_bind(i64::from(claimed.is_some()))
+                .push_bind(claimed.map(|(worker, _)| worker))
+                .push_bind(claimed.map(|(_, until)| until));
         });
-        q.build().execute(&mut **self).await?;
-        Ok(())
+        if claim.is_none() {
+            q.build().execute(&mut **self).await?;
+            return Ok(Vec::new());
+        }
+        q.push(RETURNING_CLAIMED);
+        let rows: Vec<(i64, i64, i64)> = q.build_query_as().fetch_all(&mut **self).await?;
+        Ok(rows
+            .into_iter()
+            .filter(|(.., channel)| *channel != 0)
+            .collect())
+    }
+
+    async fn opted_out(&mut self) -> DbResult<HashSet<String>> {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT address FROM opt_outs")
+            .fetch_all(&mut **self)
+            .await?;
+        Ok(rows.into_iter().collect())
     }
 
     async fn record_accepted(&mut self, accepted: &[Accepted<'_>]) -> DbResult<()> {
@@ -350,28 +458,50 @@ impl OutboxWrites for sqlx::Transaction<'static, sqlx::Postgres> {
             .await
     }
 
-    async fn message_rows(&mut self, chunk: &[MessageRow<'_>], now_ms: i64) -> DbResult<()> {
+    async fn message_rows(
+        &mut self,
+        chunk: &[MessageRow<'_>],
+        now_ms: i64,
+        claim: RowClaim<'_>,
+    ) -> DbResult<Vec<(i64, i64, i64)>> {
         const INSERT: &str = "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, step, state, \
-             payload, created_at, due_at, expires_at, finished_at) \
-             SELECT n, o, c, ch, a, s, st, p, $10, $10, e, CASE WHEN st = 'pending' THEN NULL ELSE $10 END \
+             payload, created_at, due_at, expires_at, finished_at, attempts, claimed_by, claim_expires_at) \
+             SELECT n, o, c, ch, a, s, st, p, $10, $10, e, CASE WHEN st IN ('pending', 'sending') THEN NULL ELSE $10 END, \
+             CASE WHEN st = 'sending' THEN 1 ELSE 0 END, CASE WHEN st = 'sending' THEN $11 END, CASE WHEN st = 'sending' THEN $12::bigint END \
              FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::bigint[]) \
              AS u(n, o, c, ch, a, s, st, p, e)";
-        sqlx::query(INSERT)
+        // Only a claiming fan-out needs the ids back.
+        let sql = match claim {
+            Some(_) => std::borrow::Cow::Owned(format!("{INSERT}{RETURNING_CLAIMED}")),
+            None => std::borrow::Cow::Borrowed(INSERT),
+        };
+        let query = sqlx::query_as::<_, (i64, i64, i64)>(sqlx::AssertSqlSafe(sql))
             .bind(column(chunk, |(nid, ..)| *nid))
             .bind(column(chunk, |(_, oid, ..)| *oid))
-            .bind(column(chunk, |(_, _, o, _)| o.contact_id.as_str()))
-            .bind(column(chunk, |(.., m)| m.channel.as_str()))
-            .bind(column(chunk, |(.., m)| m.address.as_str()))
-            .bind(column(chunk, |(_, _, o, _)| o.step))
-            .bind(column(chunk, |(.., m)| m.state))
-            .bind(column(chunk, |(.., m)| {
-                (m.state == "pending").then_some(m.payload.as_str())
+            .bind(column(chunk, |(_, _, o, ..)| o.contact_id.as_str()))
+            .bind(column(chunk, |(.., m, _)| m.channel.as_str()))
+            .bind(column(chunk, |(.., m, _)| m.address.as_str()))
+            .bind(column(chunk, |(_, _, o, ..)| o.step))
+            .bind(column(chunk, |(.., state)| *state))
+            .bind(column(chunk, |(.., m, state)| {
+                (*state == "pending" || *state == "sending").then_some(m.payload.as_str())
             }))
-            .bind(column(chunk, |(.., m)| ms(m.expires_at)))
+            .bind(column(chunk, |(.., m, _)| ms(m.expires_at)))
             .bind(now_ms)
-            .execute(&mut **self)
+            .bind(claim.map(|(worker, _)| worker))
+            .bind(claim.map(|(_, until)| until));
+        let rows = query.fetch_all(&mut **self).await?;
+        Ok(rows
+            .into_iter()
+            .filter(|(.., channel)| *channel != 0)
+            .collect())
+    }
+
+    async fn opted_out(&mut self) -> DbResult<HashSet<String>> {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT address FROM opt_outs")
+            .fetch_all(&mut **self)
             .await?;
-        Ok(())
+        Ok(rows.into_iter().collect())
     }
 
     async fn record_accepted(&mut self, accepted: &[Accepted<'_>]) -> DbResult<()> {
@@ -417,6 +547,24 @@ impl Store {
         clock: Clockwork,
         notifications: &[NewNotification],
     ) -> Result<bool> {
+        let fired = self
+            .fire_round_claiming(round_id, roster_version, clock, notifications, None)
+            .await?;
+        Ok(fired.is_some())
+    }
+
+    /// Fires a round as [`Store::fire_round`] does; with `claim`, the
+    /// messages that could be claimed at T0 are written already claimed
+    /// (`sending`, attempt 1) and come back, for that worker to send without
+    /// another write. Returns `None` if the round had already fired.
+    pub async fn fire_round_claiming(
+        &self,
+        round_id: i64,
+        roster_version: i64,
+        clock: Clockwork,
+        notifications: &[NewNotification],
+        claim: Option<&FanoutClaim<'_>>,
+    ) -> Result<Option<Vec<ClaimedMessage>>> {
         let departments: Vec<&str> = notifications
             .iter()
             .map(|n| n.department.as_str())
@@ -435,7 +583,7 @@ impl Store {
                 .bind(ms(now)).bind(roster_version).bind(&departments).bind(round_id)
                 .execute(&mut *tx).await?;
                 if updated.rows_affected() != 1 {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 let notification_ids = tx.insert_notifications(round_id, clock, notifications).await?;
                 let mut outcomes = Vec::new();
@@ -445,13 +593,13 @@ impl Store {
                     })?;
                     outcomes.extend(n.outcomes.iter().map(|o| (nid, o)));
                 }
-                tx.insert_outcomes(&outcomes, now).await?;
+                let claimed = tx.insert_outcomes(&outcomes, now, claim).await?;
                 tx.commit().await?;
-                Ok::<bool, sqlx::Error>(true)
+                Ok::<_, sqlx::Error>(Some(claimed))
             }
             .await
         });
-        if let (Ok(true), Store::Postgres(p)) = (&outcome, self) {
+        if let (Ok(Some(_)), Store::Postgres(p)) = (&outcome, self) {
             let messages: usize = notifications
                 .iter()
                 .flat_map(|n| &n.outcomes)
@@ -510,7 +658,7 @@ impl Store {
                 }
                 let outcomes: Vec<(i64, &NewOutcome)> =
                     outcomes.iter().map(|o| (notification_id, o)).collect();
-                tx.insert_outcomes(&outcomes, now).await?;
+                tx.insert_outcomes(&outcomes, now, None).await?;
                 tx.commit().await?;
                 Ok::<bool, sqlx::Error>(true)
             }
@@ -813,9 +961,10 @@ impl Store {
 
     /// The earliest instant something in the outbox becomes due.
     pub async fn next_message_due(&self) -> Result<Option<DateTime<Utc>>> {
-        // Each side reads the first entry of its claim index.
+        // Each side reads the first entry of its claim index. A claim
+        // counts as lapsed the millisecond after `claim_expires_at`.
         const Q: &str = "SELECT MIN(at) FROM (SELECT MIN(due_at) AS at FROM messages WHERE state = 'pending' \
-             UNION ALL SELECT MIN(claim_expires_at) AS at FROM messages WHERE state = 'sending') AS due";
+             UNION ALL SELECT MIN(claim_expires_at) + 1 AS at FROM messages WHERE state = 'sending') AS due";
         let v: Option<i64> = on_db!(self, |p| sqlx::query_scalar(Q).fetch_one(p).await)?;
         Ok(v.map(from_ms))
     }

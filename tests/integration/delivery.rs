@@ -106,12 +106,15 @@ fn twilio_provider(addr: std::net::SocketAddr, rate: Option<Rate>) -> SmsProvide
 }
 
 /// The smoke schedule's three departments (or every department with
-/// `all`), fired at T0 on a manual clock; only SMS is configured.
+/// `all`), fired at T0 on a manual clock; only SMS is configured. As in the
+/// daemon, the round's messages are written claimed for `dispatcher`.
 struct Night {
     store: Store,
     clock: Arc<ManualClock>,
     engine: Engine,
     dispatcher: Dispatcher,
+    channels: Arc<Channels>,
+    retry: RetryPolicy,
     t0: DateTime<Utc>,
     _dir: tempfile::TempDir,
 }
@@ -156,12 +159,19 @@ async fn night_of(
         ("FAULT_GW_KEY".to_owned(), "gw-key".to_owned()),
     ]);
     let channels = Arc::new(Channels::from_config(&cfg, secrets).unwrap());
-    let engine = Engine::new(
+    let mut engine = Engine::new(
         store.clone(),
         Arc::clone(&shared),
         rollcall::daemon::engine_settings(&cfg),
     );
-    let dispatcher = Dispatcher::new(store.clone(), shared, channels, retry, "fault".into());
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        shared,
+        Arc::clone(&channels),
+        retry.clone(),
+        "fault".into(),
+    );
+    engine.hand_first_sends_to(dispatcher.handoff());
     clock.set(t0);
     engine.tick().await.unwrap();
     Night {
@@ -169,6 +179,8 @@ async fn night_of(
         clock,
         engine,
         dispatcher,
+        channels,
+        retry,
         t0,
         _dir: dir,
     }
@@ -373,6 +385,87 @@ async fn when_twilio_fails_everything_the_http_json_backup_carries_the_sms() {
     assert_eq!(failovers.len(), 1);
     assert_eq!(failovers[0]["provider"], "primary");
     assert_eq!(failovers[0]["next"], "backup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_claimed_at_fan_out_for_a_sender_that_died_goes_once_after_the_claims_lapse() {
+    let (addr, seen) = fake_twilio(Arc::new(|_, n| accepted(n))).await;
+    let night = night(vec![twilio_provider(addr, None)], retry(3, 15), false).await;
+    let sms = night.sms().await;
+    assert!(!sms.is_empty());
+    assert!(
+        sms.iter()
+            .all(|(state, _, attempts, ..)| state == "sending" && *attempts == 1),
+        "the fan-out wrote them claimed: {sms:?}"
+    );
+    // The dispatcher they were claimed for dies before its first pass; a
+    // second instance runs.
+    let Night {
+        store,
+        clock,
+        dispatcher,
+        channels,
+        retry,
+        t0,
+        ..
+    } = night;
+    drop(dispatcher);
+    let shared: SharedClock = clock.clone();
+    let other = Dispatcher::new(store.clone(), shared, channels, retry, "other".into());
+    clock.set(t0 + TimeDelta::seconds(59));
+    other.dispatch_pending().await.unwrap();
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing is taken over while its claim holds"
+    );
+    clock.set(t0 + TimeDelta::seconds(61));
+    other.dispatch_pending().await.unwrap();
+    assert_eq!(seen.lock().unwrap().len(), sms.len(), "each SMS once");
+    let states: Vec<(String, i64)> = match &store {
+        Store::Sqlite(p) => {
+            sqlx::query_as("SELECT state, attempts FROM messages WHERE channel = 'sms' ORDER BY id")
+                .fetch_all(p)
+                .await
+                .unwrap()
+        }
+        Store::Postgres(_) => unreachable!(),
+    };
+    assert!(
+        states
+            .iter()
+            .all(|(state, attempts)| state == "accepted" && *attempts == 2),
+        "{states:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_handed_over_too_late_to_send_within_its_claims_is_sent_once_after_they_lapse() {
+    let (addr, seen) = fake_twilio(Arc::new(|_, n| accepted(n))).await;
+    let night = night(vec![twilio_provider(addr, None)], retry(3, 15), false).await;
+    let n = night.sms().await.len();
+    // The holder's pass comes 31 s after the fan-out: each claim would lapse
+    // within 30 s, so it sends none of them (another sender may take them
+    // over once they lapse).
+    night.clock.set(night.t0 + TimeDelta::seconds(31));
+    night.dispatcher.dispatch_pending().await.unwrap();
+    assert!(seen.lock().unwrap().is_empty());
+    assert!(
+        night
+            .sms()
+            .await
+            .iter()
+            .all(|(state, ..)| state == "sending")
+    );
+    // Its next pass after the lapse takes them over and sends each once.
+    night.drain().await;
+    assert_eq!(seen.lock().unwrap().len(), n, "each SMS once");
+    assert!(
+        night
+            .sms()
+            .await
+            .iter()
+            .all(|(state, _, attempts, ..)| state == "accepted" && *attempts == 2)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -622,7 +715,7 @@ async fn two_segment_sms_at_five_segments_a_second_leave_two_fifths_of_a_second_
         unreachable!()
     };
     let texts: Vec<String> = sqlx::query_scalar(
-        "SELECT payload FROM messages WHERE channel = 'sms' AND state = 'pending'",
+        "SELECT payload FROM messages WHERE channel = 'sms' AND state IN ('pending', 'sending')",
     )
     .fetch_all(pool)
     .await

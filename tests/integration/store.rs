@@ -14,8 +14,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use rollcall::domain::codes::{CODE_ALPHABET, LinkToken, sha256_hex};
 use rollcall::domain::contacts::{self, Roster};
 use rollcall::store::{
-    AckOutcome, Claim, ClaimedMessage, Clockwork, Finished, LoadResult, NewExercise, NewMessage,
-    NewNotification, NewOutcome, NewRound, ReportRow, RoundRow, SendResult, Store, StoreError, ms,
+    AckOutcome, Claim, ClaimedMessage, Clockwork, FanoutClaim, Finished, LoadResult, NewExercise,
+    NewMessage, NewNotification, NewOutcome, NewRound, ReportRow, RoundRow, SendResult, Store,
+    StoreError, ms,
 };
 use rollcall::yaml::Problems;
 
@@ -70,6 +71,7 @@ on_both_backends!(
     a_code_is_retired_a_day_after_its_deadline_and_can_be_issued_again,
     the_schema_refuses_outbox_rows_whose_state_and_fields_disagree,
     sms_to_a_number_that_opted_out_are_cancelled_until_it_opts_back_in,
+    a_fan_out_can_write_its_messages_already_claimed_for_one_worker,
 );
 
 // ---- harness -----------------------------------------------------------
@@ -1077,8 +1079,8 @@ async fn a_due_message_goes_to_one_worker_until_its_claim_lapses(store: &Store) 
     assert!(w3.iter().all(|m| m.attempts == 2));
     assert_eq!(
         store.next_message_due().await.unwrap(),
-        Some(t + secs(31)),
-        "w2's claims lapse first"
+        Some(t + secs(31) + millis(1)),
+        "w2's claims lapse first, the millisecond after their expiry"
     );
 
     assert!(
@@ -3169,4 +3171,118 @@ async fn a_message_whose_claim_nears_its_lapse_before_a_slot_frees_is_sent_once_
     assert_eq!(keys.len(), total, "one POST per message");
     assert_eq!(distinct.len(), total, "no message was sent twice");
     store.close().await;
+}
+
+async fn a_fan_out_can_write_its_messages_already_claimed_for_one_worker(store: &Store) {
+    let v = running_exercise(store, EX, &[("R01", 0)]).await;
+    let c = clockwork(at(0));
+    let mut afcd = department("AFCD", 1, c, &["sms", "email", "webhook"]);
+    // A channel without a provider is final at fan-out, claimed or not.
+    afcd.outcomes[0].messages[2].state = "not_configured";
+    let dpo = department("DPO", 2, c, &["sms", "email"]);
+    let dpo_sms = dpo.outcomes[0].messages[0].address.clone();
+    assert!(
+        store
+            .record_opt_out(at(-1), &dpo_sms, "sms-reply", None)
+            .await
+            .unwrap()
+    );
+    let depts = [afcd, dpo];
+    let r = round(store, EX, "R01").await;
+    let until = at(0) + secs(60);
+    let claim = FanoutClaim {
+        worker: "w1",
+        until,
+    };
+    let claimed = store
+        .fire_round_claiming(r.id, v, c, &depts, Some(&claim))
+        .await
+        .unwrap()
+        .expect("the round fires");
+
+    // What could go now comes back claimed, with what to send; the SMS to
+    // a number that opted out and the unconfigured webhook do not.
+    let mut got: Vec<(String, String)> = claimed
+        .iter()
+        .map(|m| (m.contact_id.clone(), m.channel.clone()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (primary("AFCD"), "email".to_owned()),
+            (primary("AFCD"), "sms".to_owned()),
+            (primary("DPO"), "email".to_owned()),
+        ]
+    );
+    for m in &claimed {
+        let sent = depts
+            .iter()
+            .flat_map(|d| &d.outcomes)
+            .filter(|o| o.contact_id == m.contact_id)
+            .flat_map(|o| &o.messages)
+            .find(|x| x.channel == m.channel)
+            .unwrap();
+        assert_eq!(m.payload.as_deref(), Some(sent.payload.as_str()));
+        assert_eq!(m.address, sent.address);
+        assert_eq!((m.attempts, m.expires_at), (1, ms(c.deadline_at)));
+        let row = message(store, m.id).await;
+        assert_eq!((row.state.as_str(), row.attempts), ("sending", 1));
+        let (by, lapses): (Option<String>, Option<i64>) = on_db!(store, |p| sqlx::query_as(
+            "SELECT claimed_by, claim_expires_at FROM messages WHERE id = $1"
+        )
+        .bind(m.id)
+        .fetch_one(p)
+        .await
+        .unwrap());
+        assert_eq!((by.as_deref(), lapses), (Some("w1"), Some(ms(until))));
+    }
+    let states: BTreeMap<(String, String), String> =
+        on_db!(store, |p| sqlx::query_as::<_, (String, String, String)>(
+            "SELECT contact_id, channel, state FROM messages"
+        )
+        .fetch_all(p)
+        .await
+        .unwrap())
+        .into_iter()
+        .map(|(contact, channel, state)| ((contact, channel), state))
+        .collect();
+    assert_eq!(states[&(primary("DPO"), "sms".to_owned())], "pending");
+    assert_eq!(
+        states[&(primary("AFCD"), "webhook".to_owned())],
+        "not_configured"
+    );
+
+    // Nobody else gets them while the claim holds; the opted-out SMS is
+    // settled as any pending one is.
+    assert!(
+        store
+            .claim_messages("w2", at(0) + secs(30), at(0) + secs(90), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "claimed at fan-out means claimed"
+    );
+    assert_eq!(
+        messages_of(store, notification_id(store, "DPO").await)
+            .await
+            .into_iter()
+            .find(|(state, _)| state == "cancelled"),
+        Some(("cancelled".to_owned(), Some("opted_out".to_owned())))
+    );
+    // A fan-out's claims lapse like any other: if w1 died, w2 takes them.
+    let retaken = store
+        .claim_messages("w2", until + millis(1), until + secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&retaken), ids(&claimed));
+    assert!(retaken.iter().all(|m| m.attempts == 2));
+    assert!(
+        store
+            .fire_round_claiming(r.id, v, c, &depts, Some(&claim))
+            .await
+            .unwrap()
+            .is_none(),
+        "a round fires once"
+    );
 }
