@@ -612,16 +612,25 @@ impl Store {
                 // every department per claim). Only the columns the claims
                 // filter and join on: the statistics of the texts (payloads,
                 // addresses) cost most of a full ANALYZE and guide no plan.
-                // The round is already committed, so a failure here only
-                // costs speed.
-                if let Err(e) = sqlx::query(
-                    "ANALYZE messages (state, due_at, expires_at, channel, notification_id), \
-                     outcomes (notification_id), notifications (status, acked_at)",
-                )
-                .execute(p)
-                .await
-                {
-                    tracing::warn!(error = %e, "could not refresh the outbox statistics");
+                // The round is committed, so a failure only costs speed. When
+                // the round's first sends were claimed at fan-out they need
+                // no plan, and this runs beside them rather than before them.
+                let pool = p.clone();
+                let analyze = async move {
+                    if let Err(e) = sqlx::query(
+                        "ANALYZE messages (state, due_at, expires_at, channel, notification_id), \
+                         outcomes (notification_id), notifications (status, acked_at)",
+                    )
+                    .execute(&pool)
+                    .await
+                    {
+                        tracing::warn!(error = %e, "could not refresh the outbox statistics");
+                    }
+                };
+                if claim.is_some() {
+                    tokio::spawn(analyze);
+                } else {
+                    analyze.await;
                 }
             }
         }
