@@ -115,6 +115,13 @@ type MessageRow<'a> = (i64, i64, &'a NewOutcome, &'a NewMessage, &'static str);
 const RETURNING_CLAIMED: &str = " RETURNING id, outcome_id, \
      CAST(CASE WHEN state = 'sending' THEN CASE channel WHEN 'sms' THEN 1 WHEN 'email' THEN 2 ELSE 3 END ELSE 0 END AS BIGINT)";
 
+/// The claimed rows of what [`RETURNING_CLAIMED`] returned.
+fn claimed_rows(rows: Vec<(i64, i64, i64)>) -> Vec<(i64, i64, i64)> {
+    rows.into_iter()
+        .filter(|(.., channel)| *channel != 0)
+        .collect()
+}
+
 /// A channel's number in [`RETURNING_CLAIMED`].
 fn channel_number(channel: &str) -> i64 {
     match channel {
@@ -195,13 +202,13 @@ trait OutboxWrites {
 
     /// Inserts outcomes (each with its notification id) and their messages.
     /// With `claim`, the messages that could be claimed now (pending, before
-    /// their deadline, not an SMS to a number that opted out) are written
+    /// their deadline, not an SMS to a number in `opted_out`) are written
     /// claimed, and returned as claimed.
     async fn insert_outcomes(
         &mut self,
         items: &[(i64, &NewOutcome)],
         now: DateTime<Utc>,
-        claim: Option<&FanoutClaim<'_>>,
+        claim: Option<(&FanoutClaim<'_>, &HashSet<String>)>,
     ) -> DbResult<Vec<ClaimedMessage>> {
         let now_ms = ms(now);
         // Each item's place by (notification, contact), keyed by the items'
@@ -219,15 +226,12 @@ trait OutboxWrites {
                 }
             }
         }
-        let opted_out = match claim {
-            Some(_) => self.opted_out().await?,
-            None => HashSet::new(),
-        };
         let state_of = |m: &NewMessage| -> &'static str {
-            let claimable = claim.is_some()
-                && m.state == "pending"
-                && ms(m.expires_at) > now_ms
-                && !(m.channel == "sms" && opted_out.contains(m.address.as_str()));
+            let claimable = claim.is_some_and(|(_, opted_out)| {
+                m.state == "pending"
+                    && ms(m.expires_at) > now_ms
+                    && !(m.channel == "sms" && opted_out.contains(m.address.as_str()))
+            });
             if claimable { "sending" } else { m.state }
         };
         let mut messages: Vec<MessageRow<'_>> = Vec::with_capacity(items.len() * 3);
@@ -237,7 +241,7 @@ trait OutboxWrites {
             })?;
             messages.extend(o.messages.iter().map(|m| (*nid, oid, *o, m, state_of(m))));
         }
-        let row_claim = claim.map(|c| (c.worker, ms(c.until)));
+        let row_claim = claim.map(|(c, _)| (c.worker, ms(c.until)));
         // The claimed messages' ids by (outcome, channel number).
         let mut ids: HashMap<(i64, i64), i64> = HashMap::new();
         for chunk in messages.chunks(Self::FANOUT_ROWS) {
@@ -273,9 +277,6 @@ trait OutboxWrites {
         }
         Ok(claimed)
     }
-
-    /// The numbers that opted out of SMS.
-    async fn opted_out(&mut self) -> DbResult<HashSet<String>>;
 }
 
 /// SQLite: multi-row `VALUES`, `INSERT_ROWS` rows a statement; acceptances
@@ -363,17 +364,7 @@ impl OutboxWrites for sqlx::Transaction<'static, sqlx::Sqlite> {
         }
         q.push(RETURNING_CLAIMED);
         let rows: Vec<(i64, i64, i64)> = q.build_query_as().fetch_all(&mut **self).await?;
-        Ok(rows
-            .into_iter()
-            .filter(|(.., channel)| *channel != 0)
-            .collect())
-    }
-
-    async fn opted_out(&mut self) -> DbResult<HashSet<String>> {
-        let rows: Vec<String> = sqlx::query_scalar("SELECT address FROM opt_outs")
-            .fetch_all(&mut **self)
-            .await?;
-        Ok(rows.into_iter().collect())
+        Ok(claimed_rows(rows))
     }
 
     async fn record_accepted(&mut self, accepted: &[Accepted<'_>]) -> DbResult<()> {
@@ -491,17 +482,7 @@ impl OutboxWrites for sqlx::Transaction<'static, sqlx::Postgres> {
             .bind(claim.map(|(worker, _)| worker))
             .bind(claim.map(|(_, until)| until));
         let rows = query.fetch_all(&mut **self).await?;
-        Ok(rows
-            .into_iter()
-            .filter(|(.., channel)| *channel != 0)
-            .collect())
-    }
-
-    async fn opted_out(&mut self) -> DbResult<HashSet<String>> {
-        let rows: Vec<String> = sqlx::query_scalar("SELECT address FROM opt_outs")
-            .fetch_all(&mut **self)
-            .await?;
-        Ok(rows.into_iter().collect())
+        Ok(claimed_rows(rows))
     }
 
     async fn record_accepted(&mut self, accepted: &[Accepted<'_>]) -> DbResult<()> {
@@ -593,7 +574,19 @@ impl Store {
                     })?;
                     outcomes.extend(n.outcomes.iter().map(|o| (nid, o)));
                 }
-                let claimed = tx.insert_outcomes(&outcomes, now, claim).await?;
+                // SMS to numbers that opted out stay pending, for the sweep
+                // to cancel.
+                let opted_out: HashSet<String> = match claim {
+                    Some(_) => sqlx::query_scalar("SELECT address FROM opt_outs")
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .into_iter()
+                        .collect(),
+                    None => HashSet::new(),
+                };
+                let claimed = tx
+                    .insert_outcomes(&outcomes, now, claim.map(|c| (c, &opted_out)))
+                    .await?;
                 tx.commit().await?;
                 Ok::<_, sqlx::Error>(Some(claimed))
             }
