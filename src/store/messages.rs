@@ -490,25 +490,31 @@ impl OutboxWrites for sqlx::Transaction<'static, sqlx::Postgres> {
              provider_ref = j.provider_ref, payload = NULL, claimed_by = NULL, claim_expires_at = NULL, last_error = NULL \
              FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) AS j(id, at_ms, provider, provider_ref) \
              WHERE messages.id = j.id";
-        const ACCEPT_OUTCOMES: &str = "UPDATE outcomes SET accepted_at = j.at_ms \
-             FROM (SELECT r.outcome_id AS id, MIN(r.at_ms) AS at_ms \
-                   FROM unnest($1::bigint[], $2::bigint[]) AS r(outcome_id, at_ms) \
-                   GROUP BY r.outcome_id) AS j \
-             WHERE outcomes.id = j.id AND (outcomes.accepted_at IS NULL OR outcomes.accepted_at > j.at_ms)";
+        // Each outcome found by its key (`= ANY`), which PostgreSQL plans as
+        // index lookups. Joined with the batch (grouped in SQL, which the
+        // planner guesses at 200 groups) it was planned as a hash join over
+        // a scan of the whole table: 1-2 ms a batch with 10,000 outcomes.
+        const ACCEPT_OUTCOMES: &str = "UPDATE outcomes SET accepted_at = ($2::bigint[])[array_position($1::bigint[], id)] \
+             WHERE id = ANY($1::bigint[]) \
+             AND (accepted_at IS NULL OR accepted_at > ($2::bigint[])[array_position($1::bigint[], id)])";
         if accepted.is_empty() {
             return Ok(());
         }
-        let at = column(accepted, |a| a.at_ms);
+        // Each contact's first acceptance in the batch, one row per outcome.
+        let mut firsts: Vec<(i64, i64)> =
+            accepted.iter().map(|a| (a.outcome_id, a.at_ms)).collect();
+        firsts.sort_unstable();
+        firsts.dedup_by_key(|(outcome, _)| *outcome);
         sqlx::query(ACCEPT)
             .bind(column(accepted, |a| a.id))
-            .bind(&at)
+            .bind(column(accepted, |a| a.at_ms))
             .bind(column(accepted, |a| a.provider))
             .bind(column(accepted, |a| a.provider_ref))
             .execute(&mut **self)
             .await?;
         sqlx::query(ACCEPT_OUTCOMES)
-            .bind(column(accepted, |a| a.outcome_id))
-            .bind(&at)
+            .bind(column(&firsts, |(outcome, _)| *outcome))
+            .bind(column(&firsts, |(_, at)| *at))
             .execute(&mut **self)
             .await?;
         Ok(())

@@ -1222,11 +1222,12 @@ async fn claimers_working_at_once_never_share_a_message(store: &Store) {
     assert_eq!(distinct.len(), 12, "every due message was claimed once");
 }
 
-/// A batch of results larger than one recording statement (SQLite's take
-/// 64 rows, the last padded with rows that match nothing; PostgreSQL's
-/// about 12 KB of arrays) records every acceptance with its provider's
-/// reference, gives each contact the time of its first acceptance, and
-/// leaves the messages it does not name alone.
+/// A batch of results (larger than one SQLite recording statement, which
+/// takes 64 rows, the last padded with rows that match nothing; one
+/// statement on PostgreSQL) records every acceptance with its provider's
+/// reference, gives each contact the time of its first acceptance (a
+/// contact's later message listed first), and leaves the messages it does
+/// not name alone.
 async fn a_batch_of_acceptances_records_every_message_and_each_contacts_first(store: &Store) {
     let v = running_exercise(store, EX, &[("R01", 0)]).await;
     let c = clockwork(at(0));
