@@ -112,6 +112,14 @@ type Write<'a> = Pin<
     Box<dyn Future<Output = Result<(Vec<ClaimedMessage>, DateTime<Utc>), StoreError>> + Send + 'a>,
 >;
 
+/// A write in progress, with how many messages it asked for and how many
+/// results it records.
+struct InFlight<'a> {
+    write: Write<'a>,
+    room: usize,
+    recording: usize,
+}
+
 impl Dispatcher {
     pub fn new(
         store: Store,
@@ -179,19 +187,17 @@ impl Outbox {
         let mut sending: JoinSet<Finished> = JoinSet::new();
         // Sent, not yet recorded.
         let mut finished: Vec<Finished> = Vec::new();
-        let mut write: Option<(Write<'_>, usize)> = None;
-        // Results the write in progress records.
-        let mut recording = 0;
+        let mut write: Option<InFlight<'_>> = None;
         // Whether the outbox may hold more due messages.
         let mut more = true;
         let mut first = true;
+        // A fan-out's messages, claimed for this worker, go first.
+        let handed = self.handoff.take();
+        handled += handed.len();
+        queue.extend(handed);
         loop {
-            let handed = self.handoff.take();
-            if !handed.is_empty() {
-                handled += handed.len();
-                queue.extend(handed);
-            }
             let now = self.clock.now();
+            let recording = write.as_ref().map_or(0, |w| w.recording);
             while sending.len() < CONCURRENCY
                 && sending.len() + finished.len() + recording < CLAIM_AHEAD
                 && let Some((message, lapses)) = queue.pop_front()
@@ -224,9 +230,13 @@ impl Outbox {
                     || (!finished.is_empty() && (!more || sending.is_empty()));
                 if claim || record {
                     let batch = std::mem::take(&mut finished);
-                    recording = batch.len();
+                    let recording = batch.len();
                     // The pass's first claim also takes over lapsed claims.
-                    write = Some((Box::pin(self.write(batch, room, first && room > 0)), room));
+                    write = Some(InFlight {
+                        write: Box::pin(self.write(batch, room, first && room > 0)),
+                        room,
+                        recording,
+                    });
                     first &= room == 0;
                 } else if sending.is_empty() && queue.is_empty() {
                     return Ok(handled);
@@ -240,9 +250,8 @@ impl Outbox {
                         finished.push(done);
                     }
                 }
-                claimed = async { write.as_mut().map(|(w, _)| w).expect("a write").await }, if write.is_some() => {
-                    let wanted = write.take().map_or(0, |(_, room)| room);
-                    recording = 0;
+                claimed = async { write.as_mut().map(|w| &mut w.write).expect("a write").await }, if write.is_some() => {
+                    let wanted = write.take().map_or(0, |w| w.room);
                     let (claimed, lapses) = claimed?;
                     if wanted > 0 {
                         // Fewer than asked for: nothing more is due now.
