@@ -110,19 +110,12 @@ fn sqlite_accept() -> (&'static str, &'static str) {
 type MessageRow<'a> = (i64, i64, &'a NewOutcome, &'a NewMessage, &'static str);
 
 /// What a claiming fan-out's insert returns of each row: its id, its outcome
-/// and, for a claimed row, its channel's number ([`channel_number`]); 0 for
-/// a row not claimed. Numbers, not texts: a round returns tens of thousands.
-const RETURNING_CLAIMED: &str = " RETURNING id, outcome_id, \
-     CAST(CASE WHEN state = 'sending' THEN CASE channel WHEN 'sms' THEN 1 WHEN 'email' THEN 2 ELSE 3 END ELSE 0 END AS BIGINT)";
+/// and its channel's number ([`channel_number`]). Numbers, not texts: a
+/// round returns tens of thousands.
+const RETURNING_IDS: &str = " RETURNING id, outcome_id, \
+     CAST(CASE channel WHEN 'sms' THEN 1 WHEN 'email' THEN 2 ELSE 3 END AS BIGINT)";
 
-/// The claimed rows of what [`RETURNING_CLAIMED`] returned.
-fn claimed_rows(rows: Vec<(i64, i64, i64)>) -> Vec<(i64, i64, i64)> {
-    rows.into_iter()
-        .filter(|(.., channel)| *channel != 0)
-        .collect()
-}
-
-/// A channel's number in [`RETURNING_CLAIMED`].
+/// A channel's number in [`RETURNING_IDS`].
 fn channel_number(channel: &str) -> i64 {
     match channel {
         "sms" => 1,
@@ -130,10 +123,6 @@ fn channel_number(channel: &str) -> i64 {
         _ => 3,
     }
 }
-
-/// The claim a fan-out writes its claimed messages with: worker and lapse
-/// (epoch milliseconds).
-type RowClaim<'a> = Option<(&'a str, i64)>;
 
 /// One accepted message, as the bulk statements read it.
 struct Accepted<'a> {
@@ -171,12 +160,12 @@ trait OutboxWrites {
 
     /// Inserts messages, those in state `sending` claimed as `claim` says;
     /// with a claim, returns the (id, outcome id, channel number) of each
-    /// claimed one ([`RETURNING_CLAIMED`]).
+    /// ([`RETURNING_IDS`]).
     async fn message_rows(
         &mut self,
         chunk: &[MessageRow<'_>],
         now_ms: i64,
-        claim: RowClaim<'_>,
+        claim: Option<&FanoutClaim<'_>>,
     ) -> DbResult<Vec<(i64, i64, i64)>>;
 
     /// Records accepted messages, and their outcomes' first acceptance.
@@ -241,11 +230,13 @@ trait OutboxWrites {
             })?;
             messages.extend(o.messages.iter().map(|m| (*nid, oid, *o, m, state_of(m))));
         }
-        let row_claim = claim.map(|(c, _)| (c.worker, ms(c.until)));
-        // The claimed messages' ids by (outcome, channel number).
+        // With a claim, the messages' ids by (outcome, channel number).
         let mut ids: HashMap<(i64, i64), i64> = HashMap::new();
         for chunk in messages.chunks(Self::FANOUT_ROWS) {
-            for (id, oid, channel) in self.message_rows(chunk, now_ms, row_claim).await? {
+            let rows = self
+                .message_rows(chunk, now_ms, claim.map(|(c, _)| c))
+                .await?;
+            for (id, oid, channel) in rows {
                 ids.insert((oid, channel), id);
             }
         }
@@ -333,7 +324,7 @@ impl OutboxWrites for sqlx::Transaction<'static, sqlx::Sqlite> {
         &mut self,
         chunk: &[MessageRow<'_>],
         now_ms: i64,
-        claim: RowClaim<'_>,
+        claim: Option<&FanoutClaim<'_>>,
     ) -> DbResult<Vec<(i64, i64, i64)>> {
         let mut q = sqlx::QueryBuilder::new(
             "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, step, state, \
@@ -355,16 +346,15 @@ impl OutboxWrites for sqlx::Transaction<'static, sqlx::Sqlite> {
                 .push_bind(ms(m.expires_at))
                 .push_bind((!sendable).then_some(now_ms))
                 .push_bind(i64::from(claimed.is_some()))
-                .push_bind(claimed.map(|(worker, _)| worker))
-                .push_bind(claimed.map(|(_, until)| until));
+                .push_bind(claimed.map(|c| c.worker))
+                .push_bind(claimed.map(|c| ms(c.until)));
         });
         if claim.is_none() {
             q.build().execute(&mut **self).await?;
             return Ok(Vec::new());
         }
-        q.push(RETURNING_CLAIMED);
-        let rows: Vec<(i64, i64, i64)> = q.build_query_as().fetch_all(&mut **self).await?;
-        Ok(claimed_rows(rows))
+        q.push(RETURNING_IDS);
+        q.build_query_as().fetch_all(&mut **self).await
     }
 
     async fn record_accepted(&mut self, accepted: &[Accepted<'_>]) -> DbResult<()> {
@@ -453,7 +443,7 @@ impl OutboxWrites for sqlx::Transaction<'static, sqlx::Postgres> {
         &mut self,
         chunk: &[MessageRow<'_>],
         now_ms: i64,
-        claim: RowClaim<'_>,
+        claim: Option<&FanoutClaim<'_>>,
     ) -> DbResult<Vec<(i64, i64, i64)>> {
         const INSERT: &str = "INSERT INTO messages (notification_id, outcome_id, contact_id, channel, address, step, state, \
              payload, created_at, due_at, expires_at, finished_at, attempts, claimed_by, claim_expires_at) \
@@ -463,7 +453,7 @@ impl OutboxWrites for sqlx::Transaction<'static, sqlx::Postgres> {
              AS u(n, o, c, ch, a, s, st, p, e)";
         // Only a claiming fan-out needs the ids back.
         let sql = match claim {
-            Some(_) => std::borrow::Cow::Owned(format!("{INSERT}{RETURNING_CLAIMED}")),
+            Some(_) => std::borrow::Cow::Owned(format!("{INSERT}{RETURNING_IDS}")),
             None => std::borrow::Cow::Borrowed(INSERT),
         };
         let query = sqlx::query_as::<_, (i64, i64, i64)>(sqlx::AssertSqlSafe(sql))
@@ -479,10 +469,9 @@ impl OutboxWrites for sqlx::Transaction<'static, sqlx::Postgres> {
             }))
             .bind(column(chunk, |(.., m, _)| ms(m.expires_at)))
             .bind(now_ms)
-            .bind(claim.map(|(worker, _)| worker))
-            .bind(claim.map(|(_, until)| until));
-        let rows = query.fetch_all(&mut **self).await?;
-        Ok(claimed_rows(rows))
+            .bind(claim.map(|c| c.worker))
+            .bind(claim.map(|c| ms(c.until)));
+        query.fetch_all(&mut **self).await
     }
 
     async fn record_accepted(&mut self, accepted: &[Accepted<'_>]) -> DbResult<()> {
