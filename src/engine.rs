@@ -305,21 +305,29 @@ impl Engine {
         for _attempt in 0..5 {
             let notifications =
                 self.first_step_notifications(&schedule, &targets, &round.label, clock);
-            let claim = self.handoff.as_deref().map(|h| FanoutClaim {
-                worker: h.worker(),
-                until: h.claim_until(now),
+            // The dispatcher the messages are claimed for, with the claim.
+            let claim = self.handoff.as_deref().map(|h| {
+                let claim = FanoutClaim {
+                    worker: h.worker(),
+                    until: h.claim_until(now),
+                };
+                (h, claim)
             });
             match self
                 .store
-                .fire_round_claiming(round.id, version, clock, &notifications, claim.as_ref())
+                .fire_round_claiming(
+                    round.id,
+                    version,
+                    clock,
+                    &notifications,
+                    claim.as_ref().map(|(_, c)| c),
+                )
                 .await
             {
                 Ok(claimed) => {
                     let fired = claimed.is_some();
-                    if let (Some(claimed), Some(handoff), Some(claim)) =
-                        (claimed, &self.handoff, &claim)
-                    {
-                        handoff.hand_over(claimed, claim.until);
+                    if let (Some(claimed), Some((handoff, c))) = (claimed, &claim) {
+                        handoff.hand_over(claimed, c.until);
                     }
                     if fired {
                         let codes: Vec<&str> = notifications
