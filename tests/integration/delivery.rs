@@ -398,42 +398,30 @@ async fn a_round_claimed_at_fan_out_for_a_sender_that_died_goes_once_after_the_c
             .all(|(state, _, attempts, ..)| state == "sending" && *attempts == 1),
         "the fan-out wrote them claimed: {sms:?}"
     );
-    // The dispatcher they were claimed for dies before its first pass; a
-    // second instance runs.
-    let Night {
-        store,
-        clock,
-        dispatcher,
-        channels,
-        retry,
-        t0,
-        ..
-    } = night;
-    drop(dispatcher);
-    let shared: SharedClock = clock.clone();
-    let other = Dispatcher::new(store.clone(), shared, channels, retry, "other".into());
-    clock.set(t0 + TimeDelta::seconds(59));
+    // The dispatcher they were claimed for dies before its first pass (it
+    // never runs one); a second instance runs.
+    let shared: SharedClock = night.clock.clone();
+    let other = Dispatcher::new(
+        night.store.clone(),
+        shared,
+        Arc::clone(&night.channels),
+        night.retry.clone(),
+        "other".into(),
+    );
+    night.clock.set(night.t0 + TimeDelta::seconds(59));
     other.dispatch_pending().await.unwrap();
     assert!(
         seen.lock().unwrap().is_empty(),
         "nothing is taken over while its claim holds"
     );
-    clock.set(t0 + TimeDelta::seconds(61));
+    night.clock.set(night.t0 + TimeDelta::seconds(61));
     other.dispatch_pending().await.unwrap();
     assert_eq!(seen.lock().unwrap().len(), sms.len(), "each SMS once");
-    let states: Vec<(String, i64)> = match &store {
-        Store::Sqlite(p) => {
-            sqlx::query_as("SELECT state, attempts FROM messages WHERE channel = 'sms' ORDER BY id")
-                .fetch_all(p)
-                .await
-                .unwrap()
-        }
-        Store::Postgres(_) => unreachable!(),
-    };
+    let states = night.sms().await;
     assert!(
         states
             .iter()
-            .all(|(state, attempts)| state == "accepted" && *attempts == 2),
+            .all(|(state, _, attempts, ..)| state == "accepted" && *attempts == 2),
         "{states:?}"
     );
 }
