@@ -389,12 +389,18 @@ async fn deliver(rig: &Rig, sinks: &Sinks) -> Result<Delivery, String> {
     rig.clock.set(rig.round_at);
     let cpu_began = support::cpu_time();
     let began = Instant::now();
-    let report = rig.engine.tick().await.map_err(|e| e.to_string())?;
-    let fire = began.elapsed();
+    // As the daemon does: the pass runs beside the tick and sends each part
+    // of the fan-out as it is committed.
+    let tick = async {
+        let report = rig.engine.tick().await;
+        (report, began.elapsed())
+    };
+    let ((report, fire), first) = rig.dispatcher.dispatch_beside(tick).await;
+    let report = report.map_err(|e| e.to_string())?;
     if report.rounds_fired.len() != 1 {
         return Err(format!("the round did not fire: {report:?}"));
     }
-    let mut handled = 0;
+    let mut handled = first.map_err(|e| e.to_string())?;
     loop {
         let n = rig
             .dispatcher

@@ -26,6 +26,7 @@ pub fn engine_settings(cfg: &Config) -> EngineSettings {
         public_url: cfg.public_url.clone(),
         sms_mode: cfg.sms_mode,
         grace: cfg.grace,
+        fanout_first_part: crate::engine::FANOUT_FIRST_PART,
     }
 }
 
@@ -102,8 +103,9 @@ pub async fn run(
         retry_policy(cfg),
         worker,
     );
-    // The daemon's loop dispatches after every tick: a round's messages are
-    // written already claimed for this dispatcher and sent on its next pass.
+    // The daemon's loop dispatches beside every tick: a round's messages are
+    // written already claimed for this dispatcher, part by part, and each
+    // part is sent while the next is written.
     engine.hand_first_sends_to(dispatcher.handoff());
 
     let addr = listener.local_addr()?;
@@ -203,8 +205,9 @@ pub async fn next_due(
 
 /// One pass of the daemon's work; public so tests can drive it.
 pub async fn step(engine: &Engine, dispatcher: &Dispatcher) -> anyhow::Result<()> {
-    engine.tick().await?;
-    dispatcher.dispatch_pending().await?;
+    let (ticked, dispatched) = dispatcher.dispatch_beside(engine.tick()).await;
+    ticked?;
+    dispatched?;
     // What the sends just did to the providers, control hears at once.
     engine.queue_control_notices().await?;
     crate::engine::send_control_notices(engine.store(), dispatcher.channels(), engine.now())

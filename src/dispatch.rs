@@ -10,12 +10,14 @@
 //!
 //! A round's first messages need no claim of their own: the engine writes
 //! them already claimed for this dispatcher's worker in the fan-out's
-//! transaction and leaves them in the dispatcher's [`Handoff`], which the
-//! next pass sends first.
+//! transactions and leaves them in the dispatcher's [`Handoff`]. A pass run
+//! beside the engine's tick ([`Dispatcher::dispatch_beside`]) sends each part
+//! of a fan-out as soon as it is committed, while the engine writes the next.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio::task::JoinSet;
@@ -63,6 +65,21 @@ pub struct Dispatcher {
 pub struct Handoff {
     worker: String,
     waiting: std::sync::Mutex<Vec<(ClaimedMessage, DateTime<Utc>)>>,
+    /// Ticks running beside a pass that may still hand messages over.
+    producers: AtomicUsize,
+    /// Woken when messages are handed over or a producer finishes.
+    changed: tokio::sync::Notify,
+}
+
+/// A tick running beside a pass: while one is held, the pass waits for
+/// what the tick hands over instead of ending.
+struct Producing<'a>(&'a Handoff);
+
+impl Drop for Producing<'_> {
+    fn drop(&mut self) {
+        self.0.producers.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_one();
+    }
 }
 
 impl Handoff {
@@ -80,6 +97,13 @@ impl Handoff {
     pub fn hand_over(&self, claimed: Vec<ClaimedMessage>, until: DateTime<Utc>) {
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
         waiting.extend(claimed.into_iter().map(|m| (m, until)));
+        drop(waiting);
+        self.changed.notify_one();
+    }
+
+    /// Whether a tick beside a pass may still hand messages over.
+    fn producing(&self) -> bool {
+        self.producers.load(Ordering::SeqCst) > 0
     }
 
     /// Everything handed over so far.
@@ -137,6 +161,8 @@ impl Dispatcher {
                 handoff: Arc::new(Handoff {
                     worker,
                     waiting: std::sync::Mutex::default(),
+                    producers: AtomicUsize::new(0),
+                    changed: tokio::sync::Notify::new(),
                 }),
             }),
         }
@@ -175,6 +201,31 @@ impl Dispatcher {
     }
 }
 
+impl Dispatcher {
+    /// Runs `tick` (an engine's tick, whose fan-outs hand their messages to
+    /// this dispatcher) and a pass side by side: each part of a fan-out is
+    /// sent as soon as it is committed, while the tick writes the next. The
+    /// pass ends once the tick has, with everything due claimed, the
+    /// messages the tick wrote for any dispatcher (an escalation step)
+    /// included, and every send recorded.
+    pub async fn dispatch_beside<T>(
+        &self,
+        tick: impl Future<Output = T>,
+    ) -> (T, Result<usize, StoreError>) {
+        let handoff = &self.outbox.handoff;
+        // Counted before either starts, so the pass cannot end before the
+        // tick has begun.
+        handoff.producers.fetch_add(1, Ordering::SeqCst);
+        let producing = Producing(handoff);
+        let tick = async move {
+            let out = tick.await;
+            drop(producing);
+            out
+        };
+        tokio::join!(tick, self.dispatch_pending())
+    }
+}
+
 impl Outbox {
     #[tracing::instrument(name = "dispatch.pending", skip(self))]
     async fn pass(&self) -> Result<usize, StoreError> {
@@ -191,11 +242,21 @@ impl Outbox {
         // Whether the outbox may hold more due messages.
         let mut more = true;
         let mut first = true;
-        // A fan-out's messages, claimed for this worker, go first.
-        let handed = self.handoff.take();
-        handled += handed.len();
-        queue.extend(handed);
+        // Whether a tick beside this pass may still hand messages over.
+        let mut producing = true;
         loop {
+            // Read before the handoff, so what a tick handed over before
+            // it finished is taken below.
+            let still = self.handoff.producing();
+            if producing && !still {
+                // What the tick wrote for any dispatcher is claimed too.
+                more = true;
+            }
+            producing = still;
+            // A fan-out's messages, claimed for this worker, go first.
+            let handed = self.handoff.take();
+            handled += handed.len();
+            queue.extend(handed);
             let now = self.clock.now();
             let recording = write.as_ref().map_or(0, |w| w.recording);
             while sending.len() < CONCURRENCY
@@ -222,12 +283,14 @@ impl Outbox {
                     0
                 };
                 // Claim when fewer than a slot-set wait; record when a batch
-                // has gathered, when nothing more will be claimed, or when
-                // nothing else is in flight. Between, sends go on without a
-                // write, so each commit carries more.
+                // has gathered, when the pass is draining (nothing more to
+                // claim, hand over or send), or when nothing else is in
+                // flight. Between, sends go on without a write, so each
+                // commit carries more.
                 let claim = room > 0 && queue.len() < CONCURRENCY;
+                let draining = !more && !producing && queue.is_empty();
                 let record = finished.len() >= RECORD_BATCH
-                    || (!finished.is_empty() && (!more || sending.is_empty()));
+                    || (!finished.is_empty() && (draining || sending.is_empty()));
                 if claim || record {
                     let batch = std::mem::take(&mut finished);
                     let recording = batch.len();
@@ -238,11 +301,12 @@ impl Outbox {
                         recording,
                     });
                     first &= room == 0;
-                } else if sending.is_empty() && queue.is_empty() {
+                } else if sending.is_empty() && queue.is_empty() && !producing {
                     return Ok(handled);
                 }
             }
             tokio::select! {
+                () = self.handoff.changed.notified(), if producing => {}
                 Some(joined) = sending.join_next(), if !sending.is_empty() => {
                     // A send that panicked stays claimed; its claim lapses and
                     // it is retried.

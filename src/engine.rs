@@ -19,8 +19,8 @@ use crate::domain::render::{Alert, Names, Payload, RawJson, TextKind};
 use crate::domain::schedule::{Schedule, Step};
 use crate::domain::{ChannelKind, Lang};
 use crate::store::{
-    Clockwork, FanoutClaim, NewMessage, NewNotification, NewOutcome, OpenNotification, RoundRow,
-    Store, StoreError, from_ms,
+    ClaimedMessage, Clockwork, FanoutClaim, FanoutPart, NewMessage, NewNotification, NewOutcome,
+    OpenNotification, RoundRow, Store, StoreError, from_ms, message_count,
 };
 
 mod notices;
@@ -33,6 +33,15 @@ pub const TOKEN_LIFETIME_AFTER_DEADLINE: TimeDelta = TimeDelta::hours(24);
 /// thread costs about what rendering a few departments' messages does. A
 /// round to all 70 departments of the sample roster is rendered in parallel.
 const PARALLEL_RENDER_FROM: usize = 64;
+/// A fan-out written for a dispatcher goes in parts, each committed on its
+/// own, so the dispatcher sends the first departments' messages while the
+/// rest are written. By default the first part holds at least this many
+/// messages (a pass's fill: about what it sends while the next part
+/// commits); each part after it twice the one before, up to
+/// [`FANOUT_PART_MAX`]. A round of seventy departments is one or two parts.
+pub const FANOUT_FIRST_PART: usize = 512;
+/// Messages in a fan-out's later parts at most.
+pub const FANOUT_PART_MAX: usize = 8_192;
 
 /// A contact a step notifies, with the code and link token drawn for it.
 type Draw<'d> = (&'d Contact, AckCode, LinkToken);
@@ -81,12 +90,18 @@ pub struct EngineSettings {
     /// A round missed by less than this (daemon down, queued) still fires
     /// late; an older one is recorded `skipped` (`delivery.grace`).
     pub grace: TimeDelta,
+    /// Messages in the first part of a fan-out written for a dispatcher
+    /// ([`FANOUT_FIRST_PART`]); each later part holds twice the one before,
+    /// up to [`FANOUT_PART_MAX`].
+    pub fanout_first_part: usize,
 }
 
 /// What one tick did, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TickReport {
     pub rounds_fired: Vec<String>,
+    /// Rounds whose interrupted fan-out this tick completed.
+    pub fanouts_resumed: Vec<String>,
     pub rounds_skipped: Vec<String>,
     pub steps_sent: usize,
     pub finalised: u64,
@@ -201,6 +216,14 @@ impl Engine {
     #[tracing::instrument(name = "engine.tick", skip(self))]
     pub async fn tick(&self) -> Result<TickReport, EngineError> {
         let mut report = TickReport::default();
+        // A fan-out interrupted part-way is completed before anything new
+        // fires: its round is already fired, its T0 already past.
+        for round in self.store.unfinished_fanouts().await? {
+            self.resume_fanout(&round).await?;
+            report
+                .fanouts_resumed
+                .push(format!("{}/{}", round.exercise_id, round.label));
+        }
         for round in self.store.due_rounds(self.now()).await? {
             let name = format!("{}/{}", round.exercise_id, round.label);
             let late = self.now() - from_ms(round.planned_at);
@@ -302,56 +325,199 @@ impl Engine {
         let targets = self.targets(&schedule, &roster, departments, &round.label)?;
         let now = self.now();
         let clock = clockwork(&schedule, now);
+        let codes: Vec<&str> = targets.iter().map(|d| d.code.as_str()).collect();
+        let departments = codes.join(",");
         for _attempt in 0..5 {
-            let notifications =
-                self.first_step_notifications(&schedule, &targets, &round.label, clock);
-            // The dispatcher the messages are claimed for, with the claim.
-            let claim = self.handoff.as_deref().map(|h| {
-                let claim = FanoutClaim {
-                    worker: h.worker(),
-                    until: h.claim_until(now),
-                };
-                (h, claim)
-            });
+            let mut rest = self.first_step_notifications(&schedule, &targets, &round.label, clock);
+            let round_messages = message_count(&rest);
+            // Without a dispatcher to send beside the fan-out, one part.
+            let first = match self.handoff {
+                Some(_) => take_part(&mut rest, self.settings.fanout_first_part),
+                None => std::mem::take(&mut rest),
+            };
+            let part = FanoutPart {
+                round_id: round.id,
+                clock,
+                now,
+                notifications: &first,
+                last: rest.is_empty(),
+                round_messages,
+            };
+            let claim = self.fanout_claim(now);
             match self
                 .store
-                .fire_round_claiming(
-                    round.id,
-                    version,
-                    clock,
-                    &notifications,
-                    claim.as_ref().map(|(_, c)| c),
-                )
+                .fire_round_part(version, &departments, &part, claim.as_ref())
                 .await
             {
-                Ok(claimed) => {
-                    let fired = claimed.is_some();
-                    if let (Some(claimed), Some((handoff, c))) = (claimed, &claim) {
-                        handoff.hand_over(claimed, c.until);
-                    }
-                    if fired {
-                        let codes: Vec<&str> = notifications
-                            .iter()
-                            .map(|n| n.department.as_str())
-                            .collect();
-                        self.store
-                            .event(now, "round.fired", Some(&round.exercise_id), serde_json::json!({
+                Ok(None) => return Ok(false),
+                Ok(Some(claimed)) => {
+                    self.hand_over(claimed, claim.as_ref());
+                    self.store
+                        .event(
+                            now,
+                            "round.fired",
+                            Some(&round.exercise_id),
+                            serde_json::json!({
                                 "round": round.label,
                                 "planned_at": round.planned_at,
                                 "lateness_ms": (now.timestamp_millis() - round.planned_at).max(0),
                                 "departments": codes,
                                 "roster_version": version,
-                            }))
-                            .await?;
-                        tracing::info!(departments = notifications.len(), "round fired");
+                            }),
+                        )
+                        .await?;
+                    tracing::info!(departments = targets.len(), "round fired");
+                    if !rest.is_empty() {
+                        let parts = Parts {
+                            round_id: round.id,
+                            schedule: &schedule,
+                            roster: &roster,
+                            round_label: &round.label,
+                            clock,
+                            round_messages,
+                        };
+                        let size = (self.settings.fanout_first_part * 2).min(FANOUT_PART_MAX);
+                        self.write_parts(&parts, rest, size).await?;
                     }
-                    return Ok(fired);
+                    return Ok(true);
                 }
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
         Err(EngineError::CodeSpace)
+    }
+
+    /// The claim a fan-out written at `now` takes for this engine's
+    /// dispatcher, if it has one.
+    fn fanout_claim(&self, now: DateTime<Utc>) -> Option<FanoutClaim<'_>> {
+        self.handoff.as_deref().map(|h| FanoutClaim {
+            worker: h.worker(),
+            until: h.claim_until(now),
+        })
+    }
+
+    /// Leaves messages a fan-out wrote claimed with `claim` to the
+    /// dispatcher.
+    fn hand_over(&self, claimed: Vec<ClaimedMessage>, claim: Option<&FanoutClaim<'_>>) {
+        if let (Some(handoff), Some(claim)) = (&self.handoff, claim) {
+            handoff.hand_over(claimed, claim.until);
+        }
+    }
+
+    /// Writes the rest of a fired round's fan-out, `rest`, in parts of
+    /// `size` messages and more, the last one marking the fan-out complete.
+    /// At least one part is written, so a fan-out with nothing left to
+    /// write is marked complete too. A clash of ack codes draws new codes
+    /// for that part's departments only.
+    async fn write_parts(
+        &self,
+        parts: &Parts<'_>,
+        mut rest: Vec<NewNotification>,
+        mut size: usize,
+    ) -> Result<(), EngineError> {
+        loop {
+            let mut notifications = take_part(&mut rest, size);
+            size = (size * 2).min(FANOUT_PART_MAX);
+            let mut attempts = 0;
+            loop {
+                let now = self.now();
+                let part = FanoutPart {
+                    round_id: parts.round_id,
+                    clock: parts.clock,
+                    now: now.max(parts.clock.fired_at),
+                    notifications: &notifications,
+                    last: rest.is_empty(),
+                    round_messages: parts.round_messages,
+                };
+                let claim = self.fanout_claim(now);
+                match self.store.continue_fanout(&part, claim.as_ref()).await {
+                    Ok(Some(claimed)) => {
+                        self.hand_over(claimed, claim.as_ref());
+                        break;
+                    }
+                    // Completed (or closed) meanwhile by someone else.
+                    Ok(None) => return Ok(()),
+                    Err(StoreError::Conflict(_)) if attempts < 5 => {
+                        attempts += 1;
+                        let targets: Vec<&Department> = notifications
+                            .iter()
+                            .filter_map(|n| parts.roster.department(&n.department))
+                            .collect();
+                        notifications = self.first_step_notifications(
+                            parts.schedule,
+                            &targets,
+                            parts.round_label,
+                            parts.clock,
+                        );
+                    }
+                    Err(StoreError::Conflict(_)) => return Err(EngineError::CodeSpace),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if rest.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Completes a fan-out interrupted after its first part: the round's
+    /// departments with no notification yet are written with the round's
+    /// own T0 (and deadline), from the roster it fired with.
+    async fn resume_fanout(&self, round: &RoundRow) -> Result<(), EngineError> {
+        let schedule = self.schedule_of(&round.exercise_id).await?;
+        let (Some(version), Some(fired_at)) = (round.roster_version, round.fired_at) else {
+            return Err(EngineError::Store(StoreError::NotFound(format!(
+                "the roster version or T0 of fired round {}/{}",
+                round.exercise_id, round.label
+            ))));
+        };
+        let roster = self.roster(version).await?;
+        let listed: Vec<String> = round
+            .departments
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let written: HashSet<String> = self
+            .store
+            .round_departments(round.id)
+            .await?
+            .into_iter()
+            .collect();
+        let missing: Vec<&Department> = roster
+            .departments
+            .iter()
+            .filter(|d| listed.iter().any(|c| c == d.code.as_str()))
+            .filter(|d| !written.contains(d.code.as_str()))
+            .collect();
+        let clock = clockwork(&schedule, from_ms(fired_at));
+        let rest = self.first_step_notifications(&schedule, &missing, &round.label, clock);
+        let codes: Vec<&str> = missing.iter().map(|d| d.code.as_str()).collect();
+        tracing::warn!(exercise.id = %round.exercise_id, round = %round.label, departments = codes.len(), "completing a fan-out interrupted part-way");
+        self.store
+            .event(
+                self.now(),
+                "round.fanout_resumed",
+                Some(&round.exercise_id),
+                serde_json::json!({
+                    "round": round.label,
+                    "fired_at": fired_at,
+                    "departments": codes,
+                }),
+            )
+            .await?;
+        let parts = Parts {
+            round_id: round.id,
+            schedule: &schedule,
+            roster: &roster,
+            round_label: &round.label,
+            clock,
+            round_messages: message_count(&rest),
+        };
+        self.write_parts(&parts, rest, FANOUT_PART_MAX).await
     }
 
     /// A round's departments: the list it was planned or fired with (those
@@ -798,6 +964,28 @@ fn step_due_at(
 }
 
 /// The instants a notification fired at `fired_at` is measured against.
+/// What every part of one round's fan-out shares.
+struct Parts<'a> {
+    round_id: i64,
+    schedule: &'a Schedule,
+    roster: &'a Roster,
+    round_label: &'a str,
+    clock: Clockwork,
+    round_messages: usize,
+}
+
+/// Takes whole departments off the front of `rest` until they hold at least
+/// `messages` messages (or `rest` is empty).
+fn take_part(rest: &mut Vec<NewNotification>, messages: usize) -> Vec<NewNotification> {
+    let mut held = 0;
+    let mut end = 0;
+    while end < rest.len() && held < messages {
+        held += message_count(std::slice::from_ref(&rest[end]));
+        end += 1;
+    }
+    rest.drain(..end).collect()
+}
+
 fn clockwork(schedule: &Schedule, fired_at: DateTime<Utc>) -> Clockwork {
     let deadline_at = fired_at + schedule.ack.deadline();
     Clockwork {

@@ -16,7 +16,7 @@ pub enum LoadResult {
 }
 
 const EXERCISE_COLUMNS: &str = "id, title, schedule_json, schedule_digest, plan_json, roster_version, state, loaded_at, started_at, authorised_by, ended_at";
-const ROUND_COLUMNS: &str = "id, exercise_id, label, slot, planned_at, fired_at, closed_at, state, state_reason, roster_version, departments";
+const ROUND_COLUMNS: &str = "id, exercise_id, label, slot, planned_at, fired_at, closed_at, state, state_reason, roster_version, departments, fanned_out_at";
 
 impl Store {
     /// Stores an exercise and its planned rounds. Loading the same file again
@@ -142,6 +142,34 @@ impl Store {
             .await)?)
     }
 
+    /// Rounds of running exercises whose fan-out was interrupted after its
+    /// first part (a crash, a lost connection): fired, with departments
+    /// still to be written.
+    pub async fn unfinished_fanouts(&self) -> Result<Vec<RoundRow>> {
+        let q = format!(
+            "SELECT {} FROM rounds r JOIN exercises e ON e.id = r.exercise_id \
+             WHERE e.state = 'running' AND r.state = 'fired' AND r.fired_at IS NOT NULL AND r.fanned_out_at IS NULL \
+             ORDER BY r.id",
+            ROUND_COLUMNS
+                .split(", ")
+                .map(|c| format!("r.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(on_db!(self, |p| sqlx::query_as(sqlx::AssertSqlSafe(q))
+            .fetch_all(p)
+            .await)?)
+    }
+
+    /// The departments a round's fan-out has written so far.
+    pub async fn round_departments(&self, round_id: i64) -> Result<Vec<String>> {
+        const Q: &str = "SELECT department FROM notifications WHERE round_id = $1 ORDER BY id";
+        Ok(on_db!(self, |p| sqlx::query_scalar(Q)
+            .bind(round_id)
+            .fetch_all(p)
+            .await)?)
+    }
+
     /// Planned rounds of running exercises that are due at `now`.
     pub async fn due_rounds(&self, now: DateTime<Utc>) -> Result<Vec<RoundRow>> {
         let q = format!(
@@ -206,6 +234,7 @@ impl Store {
                 state_reason: None,
                 roster_version: None,
                 departments,
+                fanned_out_at: None,
             })
         })
     }

@@ -46,6 +46,34 @@ pub struct FanoutClaim<'a> {
     pub until: DateTime<Utc>,
 }
 
+/// One part of a round's fan-out: some of its departments' notifications,
+/// written in a transaction of its own ([`Store::fire_round_part`] for the
+/// first, [`Store::continue_fanout`] for the others).
+#[derive(Debug, Clone, Copy)]
+pub struct FanoutPart<'a> {
+    pub round_id: i64,
+    /// The round's instants, from its T0.
+    pub clock: Clockwork,
+    /// When the part is written: T0 for a fan-out written in one go, later
+    /// for the rest of one resumed after an interruption.
+    pub now: DateTime<Utc>,
+    pub notifications: &'a [NewNotification],
+    /// Whether this part completes the fan-out.
+    pub last: bool,
+    /// Messages in the whole fan-out: once a large one is complete,
+    /// PostgreSQL's statistics of the outbox are refreshed.
+    pub round_messages: usize,
+}
+
+/// The messages `notifications` hold.
+pub fn message_count(notifications: &[NewNotification]) -> usize {
+    notifications
+        .iter()
+        .flat_map(|n| &n.outcomes)
+        .map(|o| o.messages.len())
+        .sum()
+}
+
 /// The instants a notification is measured against.
 #[derive(Debug, Clone, Copy)]
 pub struct Clockwork {
@@ -523,41 +551,93 @@ impl Store {
         clock: Clockwork,
         notifications: &[NewNotification],
     ) -> Result<bool> {
-        let fired = self
-            .fire_round_claiming(round_id, roster_version, clock, notifications, None)
-            .await?;
-        Ok(fired.is_some())
-    }
-
-    /// Fires a round as [`Store::fire_round`] does; with `claim`, the
-    /// messages that could be claimed at T0 are written already claimed
-    /// (`sending`, attempt 1) and come back, for that worker to send without
-    /// another write. Returns `None` if the round had already fired.
-    pub async fn fire_round_claiming(
-        &self,
-        round_id: i64,
-        roster_version: i64,
-        clock: Clockwork,
-        notifications: &[NewNotification],
-        claim: Option<&FanoutClaim<'_>>,
-    ) -> Result<Option<Vec<ClaimedMessage>>> {
         let departments: Vec<&str> = notifications
             .iter()
             .map(|n| n.department.as_str())
             .collect();
-        let departments = departments.join(",");
-        let now = clock.fired_at;
+        let part = FanoutPart {
+            round_id,
+            clock,
+            now: clock.fired_at,
+            notifications,
+            last: true,
+            round_messages: message_count(notifications),
+        };
+        let fired = self
+            .fire_round_part(roster_version, &departments.join(","), &part, None)
+            .await?;
+        Ok(fired.is_some())
+    }
+
+    /// Writes the first part of a round's fan-out: marks the round fired at
+    /// T0 (`part.clock.fired_at`) for `departments` (every department of the
+    /// fan-out, comma-separated) and writes the part's notifications, as
+    /// [`Store::fire_round`] does. With `claim`, the messages that could be
+    /// claimed at T0 are written already claimed (`sending`, attempt 1) and
+    /// come back, for that worker to send without another write. Returns
+    /// `None` if the round had already fired.
+    pub async fn fire_round_part(
+        &self,
+        roster_version: i64,
+        departments: &str,
+        part: &FanoutPart<'_>,
+        claim: Option<&FanoutClaim<'_>>,
+    ) -> Result<Option<Vec<ClaimedMessage>>> {
+        self.write_fanout_part(Some((roster_version, departments)), part, claim)
+            .await
+    }
+
+    /// Writes a later part of a fired round's fan-out, claimed as
+    /// [`Store::fire_round_part`] does. Returns `None` if the round's
+    /// fan-out is not unfinished (not fired, or completed already).
+    pub async fn continue_fanout(
+        &self,
+        part: &FanoutPart<'_>,
+        claim: Option<&FanoutClaim<'_>>,
+    ) -> Result<Option<Vec<ClaimedMessage>>> {
+        self.write_fanout_part(None, part, claim).await
+    }
+
+    /// One part of a fan-out in its own transaction; `first` (the roster
+    /// version and the departments) marks the round fired.
+    async fn write_fanout_part(
+        &self,
+        first: Option<(i64, &str)>,
+        part: &FanoutPart<'_>,
+        claim: Option<&FanoutClaim<'_>>,
+    ) -> Result<Option<Vec<ClaimedMessage>>> {
+        let FanoutPart {
+            round_id,
+            clock,
+            now,
+            notifications,
+            last,
+            round_messages,
+        } = *part;
+        // The part that completes the fan-out says when.
+        let fanned_out_at = last.then(|| ms(now));
         // An async block keeps each `?` inside it, so a unique violation
         // reaches the match below instead of leaving as a database error.
         let outcome = on_db!(self, |p| {
             async {
                 let mut tx = p.begin_write().await?;
-                let updated = sqlx::query(
-                    "UPDATE rounds SET state = 'fired', fired_at = $1, roster_version = $2, departments = $3 \
-                     WHERE id = $4 AND state IN ('planned', 'queued')",
-                )
-                .bind(ms(now)).bind(roster_version).bind(&departments).bind(round_id)
-                .execute(&mut *tx).await?;
+                let updated = match first {
+                    Some((roster_version, departments)) => sqlx::query(
+                        "UPDATE rounds SET state = 'fired', fired_at = $1, roster_version = $2, departments = $3, \
+                         fanned_out_at = $5 WHERE id = $4 AND state IN ('planned', 'queued')",
+                    )
+                    .bind(ms(clock.fired_at)).bind(roster_version).bind(departments).bind(round_id)
+                    .bind(fanned_out_at)
+                    .execute(&mut *tx).await?,
+                    // Also holds the round's row for the part, so two
+                    // writers of one fan-out take turns.
+                    None => sqlx::query(
+                        "UPDATE rounds SET fanned_out_at = $1 \
+                         WHERE id = $2 AND state = 'fired' AND fired_at IS NOT NULL AND fanned_out_at IS NULL",
+                    )
+                    .bind(fanned_out_at).bind(round_id)
+                    .execute(&mut *tx).await?,
+                };
                 if updated.rows_affected() != 1 {
                     return Ok(None);
                 }
@@ -587,39 +667,34 @@ impl Store {
             }
             .await
         });
-        if let (Ok(Some(_)), Store::Postgres(p)) = (&outcome, self) {
-            let messages: usize = notifications
-                .iter()
-                .flat_map(|n| &n.outcomes)
-                .map(|o| o.messages.len())
-                .sum();
-            if messages >= ANALYZE_AFTER {
-                // A large fan-out can change the outbox's size by orders of
-                // magnitude; without fresh statistics PostgreSQL may plan the
-                // claims as if the tables were still empty (a nested loop over
-                // every department per claim). Only the columns the claims
-                // filter and join on: the statistics of the texts (payloads,
-                // addresses) cost most of a full ANALYZE and guide no plan.
-                // The round is committed, so a failure only costs speed. When
-                // the round's first sends were claimed at fan-out they need
-                // no plan, and this runs beside them rather than before them.
-                let pool = p.clone();
-                let analyze = async move {
-                    if let Err(e) = sqlx::query(
-                        "ANALYZE messages (state, due_at, expires_at, channel, notification_id), \
-                         outcomes (notification_id), notifications (status, acked_at)",
-                    )
-                    .execute(&pool)
-                    .await
-                    {
-                        tracing::warn!(error = %e, "could not refresh the outbox statistics");
-                    }
-                };
-                if claim.is_some() {
-                    tokio::spawn(analyze);
-                } else {
-                    analyze.await;
+        if let (Ok(Some(_)), Store::Postgres(p), true) = (&outcome, self, last)
+            && round_messages >= ANALYZE_AFTER
+        {
+            // A large fan-out can change the outbox's size by orders of
+            // magnitude; without fresh statistics PostgreSQL may plan the
+            // claims as if the tables were still empty (a nested loop over
+            // every department per claim). Only the columns the claims
+            // filter and join on: the statistics of the texts (payloads,
+            // addresses) cost most of a full ANALYZE and guide no plan.
+            // The round is committed, so a failure only costs speed. When
+            // the round's sends were claimed at fan-out they need no plan,
+            // and this runs beside them rather than before them.
+            let pool = p.clone();
+            let analyze = async move {
+                if let Err(e) = sqlx::query(
+                    "ANALYZE messages (state, due_at, expires_at, channel, notification_id), \
+                     outcomes (notification_id), notifications (status, acked_at)",
+                )
+                .execute(&pool)
+                .await
+                {
+                    tracing::warn!(error = %e, "could not refresh the outbox statistics");
                 }
+            };
+            if claim.is_some() {
+                tokio::spawn(analyze);
+            } else {
+                analyze.await;
             }
         }
         match outcome {
@@ -988,7 +1063,7 @@ impl Store {
              WHERE id = $3 AND status IN ('open', 'escalated')";
         const RETIRE_CODES: &str =
             "UPDATE outcomes SET code_live = 0 WHERE code_live = 1 AND token_expires_at <= $1";
-        const CLOSE_ROUNDS: &str = "UPDATE rounds SET state = 'closed', closed_at = $1 WHERE state = 'fired' \
+        const CLOSE_ROUNDS: &str = "UPDATE rounds SET state = 'closed', closed_at = $1 WHERE state = 'fired' AND fanned_out_at IS NOT NULL \
              AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.round_id = rounds.id AND n.status IN ('open', 'escalated'))";
         let done = on_db!(self, |p| {
             let mut tx = p.begin_write().await?;

@@ -52,7 +52,7 @@ use sqlx::sqlite::{
 };
 
 pub use exercises::LoadResult;
-pub use messages::{Claim, Clockwork, FanoutClaim, Finished};
+pub use messages::{Claim, Clockwork, FanoutClaim, FanoutPart, Finished, message_count};
 pub use notices::{NewNotice, NoticeRow};
 pub use opt_outs::OptOut;
 pub use receipts::{

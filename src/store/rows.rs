@@ -39,6 +39,9 @@ pub struct RoundRow {
     pub state_reason: Option<String>,
     pub roster_version: Option<i64>,
     pub departments: Option<String>,
+    /// When the fan-out's last part was written; `None` before the round
+    /// fired, and while (or if) its fan-out is unfinished.
+    pub fanned_out_at: Option<i64>,
 }
 
 /// A round to be written: planned at load, or ad hoc.

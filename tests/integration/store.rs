@@ -14,13 +14,41 @@ use chrono::{DateTime, TimeDelta, Utc};
 use rollcall::domain::codes::{CODE_ALPHABET, LinkToken, sha256_hex};
 use rollcall::domain::contacts::{self, Roster};
 use rollcall::store::{
-    AckOutcome, Claim, ClaimedMessage, Clockwork, FanoutClaim, Finished, LoadResult, NewExercise,
-    NewMessage, NewNotification, NewOutcome, NewRound, ReportRow, RoundRow, SendResult, Store,
-    StoreError, ms,
+    AckOutcome, Claim, ClaimedMessage, Clockwork, FanoutClaim, FanoutPart, Finished, LoadResult,
+    NewExercise, NewMessage, NewNotification, NewOutcome, NewRound, ReportRow, RoundRow,
+    SendResult, Store, StoreError, message_count, ms,
 };
 use rollcall::yaml::Problems;
 
 use crate::support;
+
+/// Fires a round in one part, its messages claimed with `claim`; `None` if
+/// it had fired.
+async fn fire_claiming(
+    store: &Store,
+    round_id: i64,
+    roster_version: i64,
+    clock: Clockwork,
+    notifications: &[NewNotification],
+    claim: &FanoutClaim<'_>,
+) -> Option<Vec<ClaimedMessage>> {
+    let departments: Vec<&str> = notifications
+        .iter()
+        .map(|n| n.department.as_str())
+        .collect();
+    let part = FanoutPart {
+        round_id,
+        clock,
+        now: clock.fired_at,
+        notifications,
+        last: true,
+        round_messages: message_count(notifications),
+    };
+    store
+        .fire_round_part(roster_version, &departments.join(","), &part, Some(claim))
+        .await
+        .unwrap()
+}
 
 /// Runs one body per backend: `<body>::sqlite` and `<body>::postgres`.
 macro_rules! on_both_backends {
@@ -72,6 +100,7 @@ on_both_backends!(
     the_schema_refuses_outbox_rows_whose_state_and_fields_disagree,
     sms_to_a_number_that_opted_out_are_cancelled_until_it_opts_back_in,
     a_fan_out_can_write_its_messages_already_claimed_for_one_worker,
+    a_fan_out_in_parts_is_unfinished_until_its_last_part_and_never_written_twice,
 );
 
 // ---- harness -----------------------------------------------------------
@@ -3195,10 +3224,8 @@ async fn a_fan_out_can_write_its_messages_already_claimed_for_one_worker(store: 
         worker: "w1",
         until,
     };
-    let claimed = store
-        .fire_round_claiming(r.id, v, c, &depts, Some(&claim))
+    let claimed = fire_claiming(store, r.id, v, c, &depts, &claim)
         .await
-        .unwrap()
         .expect("the round fires");
 
     // What could go now comes back claimed, with what to send; the SMS to
@@ -3279,11 +3306,119 @@ async fn a_fan_out_can_write_its_messages_already_claimed_for_one_worker(store: 
     assert_eq!(ids(&retaken), ids(&claimed));
     assert!(retaken.iter().all(|m| m.attempts == 2));
     assert!(
-        store
-            .fire_round_claiming(r.id, v, c, &depts, Some(&claim))
+        fire_claiming(store, r.id, v, c, &depts, &claim)
             .await
-            .unwrap()
             .is_none(),
         "a round fires once"
+    );
+}
+
+async fn a_fan_out_in_parts_is_unfinished_until_its_last_part_and_never_written_twice(
+    store: &Store,
+) {
+    let v = running_exercise(store, EX, &[("R01", 0)]).await;
+    let c = clockwork(at(0));
+    let depts = [
+        department("AFCD", 1, c, &["sms", "email"]),
+        department("DPO", 2, c, &["sms"]),
+        department("FSD", 3, c, &["email"]),
+    ];
+    let r = round(store, EX, "R01").await;
+    let claim = FanoutClaim {
+        worker: "w1",
+        until: at(60),
+    };
+    let part = |notifications, now, last| FanoutPart {
+        round_id: r.id,
+        clock: c,
+        now,
+        notifications,
+        last,
+        round_messages: message_count(&depts),
+    };
+    let first = store
+        .fire_round_part(
+            v,
+            "AFCD,DPO,FSD",
+            &part(&depts[..1], at(0), false),
+            Some(&claim),
+        )
+        .await
+        .unwrap()
+        .expect("the first part fires the round");
+    assert_eq!(
+        first.len(),
+        2,
+        "the first part's messages come back claimed"
+    );
+    let fired = round(store, EX, "R01").await;
+    assert_eq!(fired.state, "fired");
+    assert_eq!(fired.fired_at, Some(ms(at(0))), "T0 is the first part's");
+    assert_eq!(fired.departments.as_deref(), Some("AFCD,DPO,FSD"));
+    assert_eq!(fired.fanned_out_at, None);
+    let unfinished = |rows: Vec<RoundRow>| rows.iter().map(|r| r.label.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        unfinished(store.unfinished_fanouts().await.unwrap()),
+        ["R01"]
+    );
+    let second = store
+        .continue_fanout(&part(&depts[1..2], at(1), false), Some(&claim))
+        .await
+        .unwrap()
+        .expect("a later part");
+    assert_eq!(second.len(), 1);
+    assert_eq!(
+        store.round_departments(r.id).await.unwrap(),
+        ["AFCD", "DPO"]
+    );
+    assert!(store.unfinished_fanouts().await.unwrap().len() == 1);
+    let last = store
+        .continue_fanout(&part(&depts[2..], at(2), true), None)
+        .await
+        .unwrap()
+        .expect("the last part");
+    assert!(last.is_empty(), "written unclaimed without a claim");
+    assert_eq!(round(store, EX, "R01").await.fanned_out_at, Some(ms(at(2))));
+    assert!(store.unfinished_fanouts().await.unwrap().is_empty());
+    // A complete fan-out takes no more parts, and the round fires once.
+    assert!(
+        store
+            .continue_fanout(&part(&depts[2..], at(3), true), None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .fire_round_part(v, "AFCD", &part(&depts[..1], at(3), true), None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store.round_departments(r.id).await.unwrap(),
+        ["AFCD", "DPO", "FSD"]
+    );
+    // Every notification carries the round's T0, whichever part wrote it.
+    let fired_at: Vec<i64> = on_db!(store, |p| sqlx::query_scalar(
+        "SELECT fired_at FROM notifications WHERE round_id = $1"
+    )
+    .bind(r.id)
+    .fetch_all(p)
+    .await
+    .unwrap());
+    assert_eq!(fired_at, vec![ms(at(0)); 3]);
+    // The schema keeps a fan-out from completing before its round fired.
+    let e = on_db!(store, |p| sqlx::query(
+        "UPDATE rounds SET fanned_out_at = fired_at - 1 WHERE id = $1"
+    )
+    .bind(r.id)
+    .execute(p)
+    .await
+    .map(|_| ())
+    .expect_err("completed before it fired"));
+    assert!(
+        e.to_string().contains("rounds_fanned_out_after_firing"),
+        "{e}"
     );
 }
