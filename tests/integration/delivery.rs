@@ -16,7 +16,7 @@ use rollcall::channel::Channels;
 use rollcall::clock::{Clock, ManualClock, SharedClock};
 use rollcall::config::{Config, ProviderKind, Rate, Secrets, SmsProvider};
 use rollcall::dispatch::{Dispatcher, RetryPolicy};
-use rollcall::engine::Engine;
+use rollcall::engine::{Engine, EngineSettings, FANOUT_FIRST_PART};
 use rollcall::store::Store;
 
 use crate::support;
@@ -136,6 +136,19 @@ async fn night_of(
     retry: RetryPolicy,
     edit: impl Fn(String) -> String,
 ) -> Night {
+    let night = unfired_night(providers, retry, edit, FANOUT_FIRST_PART).await;
+    night.engine.tick().await.unwrap();
+    night
+}
+
+/// [`night_of`] at T0, before the round has fired, its fan-out written in
+/// parts of `first_part` messages and more.
+async fn unfired_night(
+    providers: Vec<SmsProvider>,
+    retry: RetryPolicy,
+    edit: impl Fn(String) -> String,
+    first_part: usize,
+) -> Night {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::connect(&format!("sqlite://{}", dir.path().join("n.db").display()))
         .await
@@ -159,11 +172,11 @@ async fn night_of(
         ("FAULT_GW_KEY".to_owned(), "gw-key".to_owned()),
     ]);
     let channels = Arc::new(Channels::from_config(&cfg, secrets).unwrap());
-    let mut engine = Engine::new(
-        store.clone(),
-        Arc::clone(&shared),
-        rollcall::daemon::engine_settings(&cfg),
-    );
+    let settings = EngineSettings {
+        fanout_first_part: first_part,
+        ..rollcall::daemon::engine_settings(&cfg)
+    };
+    let mut engine = Engine::new(store.clone(), Arc::clone(&shared), settings);
     let dispatcher = Dispatcher::new(
         store.clone(),
         shared,
@@ -173,7 +186,6 @@ async fn night_of(
     );
     engine.hand_first_sends_to(dispatcher.handoff());
     clock.set(t0);
-    engine.tick().await.unwrap();
     Night {
         store,
         clock,
@@ -454,6 +466,139 @@ async fn a_round_handed_over_too_late_to_send_within_its_claims_is_sent_once_aft
             .iter()
             .all(|(state, _, attempts, ..)| state == "accepted" && *attempts == 2)
     );
+}
+
+/// The smoke schedule sent to every department of the sample roster.
+fn everyone(text: String) -> String {
+    text.replace("targets: [DPO, HKPF, FSD]", "targets: all")
+}
+
+impl Night {
+    /// The round's T0 and when its fan-out completed, and how many
+    /// departments it has written.
+    async fn fan_out(&self) -> (Option<i64>, Option<i64>, i64) {
+        let Store::Sqlite(pool) = &self.store else {
+            unreachable!()
+        };
+        sqlx::query_as(
+            "SELECT r.fired_at, r.fanned_out_at, \
+             (SELECT COUNT(*) FROM notifications n WHERE n.round_id = r.id) \
+             FROM rounds r WHERE r.state IN ('fired', 'closed')",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    }
+
+    /// The departments the round fired for.
+    async fn fired_for(&self) -> Vec<serde_json::Value> {
+        let fired = self.events("round.fired").await;
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        fired[0]["departments"].as_array().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_written_in_parts_goes_out_whole_in_the_step_that_fires_it() {
+    let (addr, seen) = fake_twilio(Arc::new(|_, n| accepted(n))).await;
+    // Parts of 4 messages, then 8, 16...: every department is many parts.
+    let night = unfired_night(vec![twilio_provider(addr, None)], retry(3, 15), everyone, 4).await;
+    rollcall::daemon::step(&night.engine, &night.dispatcher)
+        .await
+        .unwrap();
+    let departments = night.fired_for().await;
+    assert!(departments.len() > 20, "{departments:?}");
+    let t0 = night.t0.timestamp_millis();
+    assert_eq!(
+        night.fan_out().await,
+        (Some(t0), Some(t0), departments.len() as i64),
+        "every department written, the fan-out complete"
+    );
+    // One step sent every part's SMS, each once, without claiming any again.
+    let sms = night.sms().await;
+    assert!(sms.len() >= departments.len(), "{sms:?}");
+    assert!(
+        sms.iter()
+            .all(|(state, _, attempts, ..)| state == "accepted" && *attempts == 1),
+        "{sms:?}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), sms.len(), "each SMS once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_interrupted_part_way_is_completed_with_its_own_t0_by_the_next_tick() {
+    let (addr, seen) = fake_twilio(Arc::new(|_, n| accepted(n))).await;
+    let night = unfired_night(vec![twilio_provider(addr, None)], retry(3, 15), everyone, 4).await;
+    let Store::Sqlite(pool) = &night.store else {
+        unreachable!()
+    };
+    // The database fails the fan-out once its first parts are in.
+    sqlx::query(
+        "CREATE TRIGGER fail_mid_fanout BEFORE INSERT ON notifications \
+         WHEN (SELECT COUNT(*) FROM notifications) >= 3 \
+         BEGIN SELECT RAISE(ABORT, 'the disk went away'); END",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let (ticked, sent) = night.dispatcher.dispatch_beside(night.engine.tick()).await;
+    let e = ticked.expect_err("the fan-out is interrupted");
+    assert!(format!("{e:#}").contains("the disk went away"), "{e:#}");
+    sent.unwrap();
+    let departments = night.fired_for().await;
+    let t0 = night.t0.timestamp_millis();
+    let (fired_at, fanned_out_at, written) = night.fan_out().await;
+    assert_eq!(
+        (fired_at, fanned_out_at),
+        (Some(t0), None),
+        "fired, unfinished"
+    );
+    assert!(
+        (1..departments.len() as i64).contains(&written),
+        "{written} of {}",
+        departments.len()
+    );
+    // What the committed parts hold went out already.
+    let early = seen.lock().unwrap().len();
+    assert!(early >= 1);
+
+    sqlx::query("DROP TRIGGER fail_mid_fanout")
+        .execute(pool)
+        .await
+        .unwrap();
+    night.clock.set(night.t0 + TimeDelta::seconds(10));
+    let (ticked, sent) = night.dispatcher.dispatch_beside(night.engine.tick()).await;
+    let report = ticked.unwrap();
+    sent.unwrap();
+    assert_eq!(report.fanouts_resumed.len(), 1, "{report:?}");
+    assert!(report.rounds_fired.is_empty(), "it fired once: {report:?}");
+    let resumed = night.events("round.fanout_resumed").await;
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(
+        resumed[0]["departments"].as_array().unwrap().len() as i64,
+        departments.len() as i64 - written,
+        "only the departments missing"
+    );
+    assert_eq!(
+        night.fan_out().await,
+        (Some(t0), Some(t0 + 10_000), departments.len() as i64),
+        "every department once, the fan-out completed when resumed"
+    );
+    // Every notification keeps the round's T0 and deadline.
+    let instants: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT DISTINCT fired_at, deadline_at FROM notifications")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(instants.len(), 1, "{instants:?}");
+    assert_eq!(instants[0].0, t0);
+    let sms = night.sms().await;
+    assert!(
+        sms.iter()
+            .all(|(state, _, attempts, ..)| state == "accepted" && *attempts == 1),
+        "{sms:?}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), sms.len(), "each SMS once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
