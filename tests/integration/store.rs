@@ -2668,6 +2668,32 @@ async fn the_schema_refuses_outbox_rows_whose_state_and_fields_disagree(store: &
         err.to_string().to_lowercase().contains("foreign key"),
         "{err}"
     );
+    // Nor moved there later, and its outcome stays while it hangs from it.
+    let err = on_db!(store, |p| sqlx::query(
+        "UPDATE messages SET notification_id = $2 WHERE id = $1"
+    )
+    .bind(id)
+    .bind(fsd)
+    .execute(p)
+    .await
+    .map(|_| ()))
+    .expect_err("a message moved under another department's notification");
+    assert!(
+        err.to_string().to_lowercase().contains("foreign key"),
+        "{err}"
+    );
+    let err = on_db!(store, |p| sqlx::query(
+        "DELETE FROM outcomes WHERE id = (SELECT outcome_id FROM messages WHERE id = $1)"
+    )
+    .bind(id)
+    .execute(p)
+    .await
+    .map(|_| ()))
+    .expect_err("an outcome with messages deleted");
+    assert!(
+        err.to_string().to_lowercase().contains("foreign key"),
+        "{err}"
+    );
 
     // A write that keeps the rules goes through.
     on_db!(store, |p| sqlx::query(
