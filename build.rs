@@ -20,6 +20,10 @@ const REGIONS: &[&str] = &["HK"];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
+    // `sqlx::migrate!` embeds the migrations at compile time, but on stable
+    // Rust it cannot tell cargo to watch them: without this a new migration
+    // is left out of an incremental build.
+    println!("cargo::rerun-if-changed=migrations");
     let regions: Vec<loader::Metadata> = REGIONS
         .iter()
         .map(|id| {
