@@ -160,10 +160,12 @@ impl Engine {
         &self.store
     }
 
-    /// Fans rounds out with their messages already claimed for the
-    /// dispatcher `handoff` belongs to, which sends them on its next pass
-    /// without claiming them again. Only for a dispatcher that runs after
-    /// this engine's ticks (the daemon's loop): the claims lapse after
+    /// Fans rounds out in parts, with their messages already claimed for
+    /// the dispatcher `handoff` belongs to, which sends them without
+    /// claiming them again: part by part when its pass runs beside the tick
+    /// ([`crate::dispatch::Dispatcher::dispatch_beside`], the daemon's
+    /// loop), else on its next pass. Only for a dispatcher that runs beside
+    /// or after this engine's ticks: the claims lapse after
     /// [`crate::dispatch::CLAIM_TTL`] and the messages are then claimed
     /// again by whichever pass comes first.
     pub fn hand_first_sends_to(&mut self, handoff: Arc<Handoff>) {
