@@ -75,6 +75,13 @@ pub struct Handoff {
 /// what the tick hands over instead of ending.
 struct Producing<'a>(&'a Handoff);
 
+impl<'a> Producing<'a> {
+    fn new(handoff: &'a Handoff) -> Self {
+        handoff.producers.fetch_add(1, Ordering::SeqCst);
+        Producing(handoff)
+    }
+}
+
 impl Drop for Producing<'_> {
     fn drop(&mut self) {
         self.0.producers.fetch_sub(1, Ordering::SeqCst);
@@ -205,18 +212,16 @@ impl Dispatcher {
     /// Runs `tick` (an engine's tick, whose fan-outs hand their messages to
     /// this dispatcher) and a pass side by side: each part of a fan-out is
     /// sent as soon as it is committed, while the tick writes the next. The
-    /// pass ends once the tick has, with everything due claimed, the
-    /// messages the tick wrote for any dispatcher (an escalation step)
-    /// included, and every send recorded.
+    /// pass claims nothing until the tick has ended, so what the tick wrote
+    /// for any dispatcher (an escalation step) is claimed with the rest;
+    /// it ends with everything due claimed and every send recorded.
     pub async fn dispatch_beside<T>(
         &self,
         tick: impl Future<Output = T>,
     ) -> (T, Result<usize, StoreError>) {
-        let handoff = &self.outbox.handoff;
         // Counted before either starts, so the pass cannot end before the
         // tick has begun.
-        handoff.producers.fetch_add(1, Ordering::SeqCst);
-        let producing = Producing(handoff);
+        let producing = Producing::new(&self.outbox.handoff);
         let tick = async move {
             let out = tick.await;
             drop(producing);
@@ -242,21 +247,20 @@ impl Outbox {
         // Whether the outbox may hold more due messages.
         let mut more = true;
         let mut first = true;
-        // Whether a tick beside this pass may still hand messages over.
+        // Whether a tick beside this pass may still hand messages over; true
+        // until read, so what was handed over before the pass is taken.
         let mut producing = true;
         loop {
-            // Read before the handoff, so what a tick handed over before
-            // it finished is taken below.
-            let still = self.handoff.producing();
-            if producing && !still {
-                // What the tick wrote for any dispatcher is claimed too.
-                more = true;
+            if producing {
+                // Read before the handoff, so what a tick handed over before
+                // it finished is taken below.
+                let still = self.handoff.producing();
+                // A fan-out's messages, claimed for this worker, go first.
+                let handed = self.handoff.take();
+                handled += handed.len();
+                queue.extend(handed);
+                producing = still;
             }
-            producing = still;
-            // A fan-out's messages, claimed for this worker, go first.
-            let handed = self.handoff.take();
-            handled += handed.len();
-            queue.extend(handed);
             let now = self.clock.now();
             let recording = write.as_ref().map_or(0, |w| w.recording);
             while sending.len() < CONCURRENCY
@@ -277,7 +281,10 @@ impl Outbox {
                 ));
             }
             if write.is_none() {
-                let room = if more {
+                // Nothing is claimed while a tick beside the pass may still
+                // write: its messages come handed over or, after it, with
+                // the claim.
+                let room = if more && !producing {
                     CLAIM_AHEAD.saturating_sub(queue.len() + sending.len())
                 } else {
                     0
