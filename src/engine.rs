@@ -237,12 +237,7 @@ impl Engine {
             }
             // A planned round keeps its planned targets; a queued ad-hoc round
             // the departments it was fired for.
-            let only: Option<Vec<String>> = round.departments.as_deref().map(|d| {
-                d.split(',')
-                    .filter(|c| !c.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            });
+            let only = round.listed_departments();
             match self.fire(&round, only.as_deref()).await {
                 Ok(true) => report.rounds_fired.push(name),
                 Ok(false) => {}
@@ -331,20 +326,19 @@ impl Engine {
         let departments = codes.join(",");
         for _attempt in 0..5 {
             let mut rest = self.first_step_notifications(&schedule, &targets, &round.label, clock);
-            let round_messages = message_count(&rest);
+            let parts = Parts {
+                round,
+                schedule: &schedule,
+                roster: &roster,
+                clock,
+                round_messages: message_count(&rest),
+            };
             // Without a dispatcher to send beside the fan-out, one part.
             let first = match self.handoff {
                 Some(_) => take_part(&mut rest, self.settings.fanout_first_part),
                 None => std::mem::take(&mut rest),
             };
-            let part = FanoutPart {
-                round_id: round.id,
-                clock,
-                now,
-                notifications: &first,
-                last: rest.is_empty(),
-                round_messages,
-            };
+            let part = parts.part(now, &first, rest.is_empty());
             let claim = self.fanout_claim(now);
             match self
                 .store
@@ -370,14 +364,6 @@ impl Engine {
                         .await?;
                     tracing::info!(departments = targets.len(), "round fired");
                     if !rest.is_empty() {
-                        let parts = Parts {
-                            round_id: round.id,
-                            schedule: &schedule,
-                            roster: &roster,
-                            round_label: &round.label,
-                            clock,
-                            round_messages,
-                        };
                         let size = (self.settings.fanout_first_part * 2).min(FANOUT_PART_MAX);
                         self.write_parts(&parts, rest, size).await?;
                     }
@@ -424,14 +410,11 @@ impl Engine {
             let mut attempts = 0;
             loop {
                 let now = self.now();
-                let part = FanoutPart {
-                    round_id: parts.round_id,
-                    clock: parts.clock,
-                    now: now.max(parts.clock.fired_at),
-                    notifications: &notifications,
-                    last: rest.is_empty(),
-                    round_messages: parts.round_messages,
-                };
+                let part = parts.part(
+                    now.max(parts.clock.fired_at),
+                    &notifications,
+                    rest.is_empty(),
+                );
                 let claim = self.fanout_claim(now);
                 match self.store.continue_fanout(&part, claim.as_ref()).await {
                     Ok(Some(claimed)) => {
@@ -449,7 +432,7 @@ impl Engine {
                         notifications = self.first_step_notifications(
                             parts.schedule,
                             &targets,
-                            parts.round_label,
+                            &parts.round.label,
                             parts.clock,
                         );
                     }
@@ -475,26 +458,15 @@ impl Engine {
             ))));
         };
         let roster = self.roster(version).await?;
-        let listed: Vec<String> = round
-            .departments
-            .as_deref()
-            .unwrap_or_default()
-            .split(',')
-            .filter(|c| !c.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let listed = round.listed_departments().unwrap_or_default();
         let written: HashSet<String> = self
             .store
             .round_departments(round.id)
             .await?
             .into_iter()
             .collect();
-        let missing: Vec<&Department> = roster
-            .departments
-            .iter()
-            .filter(|d| listed.iter().any(|c| c == d.code.as_str()))
-            .filter(|d| !written.contains(d.code.as_str()))
-            .collect();
+        let mut missing = self.targets(&schedule, &roster, Some(&listed), &round.label)?;
+        missing.retain(|d| !written.contains(d.code.as_str()));
         let clock = clockwork(&schedule, from_ms(fired_at));
         let rest = self.first_step_notifications(&schedule, &missing, &round.label, clock);
         let codes: Vec<&str> = missing.iter().map(|d| d.code.as_str()).collect();
@@ -512,10 +484,9 @@ impl Engine {
             )
             .await?;
         let parts = Parts {
-            round_id: round.id,
+            round,
             schedule: &schedule,
             roster: &roster,
-            round_label: &round.label,
             clock,
             round_messages: message_count(&rest),
         };
@@ -965,15 +936,34 @@ fn step_due_at(
     (due < fired_at + schedule.ack.deadline()).then_some(due)
 }
 
-/// The instants a notification fired at `fired_at` is measured against.
 /// What every part of one round's fan-out shares.
 struct Parts<'a> {
-    round_id: i64,
+    round: &'a RoundRow,
     schedule: &'a Schedule,
     roster: &'a Roster,
-    round_label: &'a str,
     clock: Clockwork,
+    /// Messages in the whole fan-out.
     round_messages: usize,
+}
+
+impl Parts<'_> {
+    /// The part of `notifications`, written at `now`; `last` completes the
+    /// fan-out.
+    fn part<'n>(
+        &self,
+        now: DateTime<Utc>,
+        notifications: &'n [NewNotification],
+        last: bool,
+    ) -> FanoutPart<'n> {
+        FanoutPart {
+            round_id: self.round.id,
+            clock: self.clock,
+            now,
+            notifications,
+            last,
+            round_messages: self.round_messages,
+        }
+    }
 }
 
 /// Takes whole departments off the front of `rest` until they hold at least
@@ -988,6 +978,7 @@ fn take_part(rest: &mut Vec<NewNotification>, messages: usize) -> Vec<NewNotific
     rest.drain(..end).collect()
 }
 
+/// The instants a notification fired at `fired_at` is measured against.
 fn clockwork(schedule: &Schedule, fired_at: DateTime<Utc>) -> Clockwork {
     let deadline_at = fired_at + schedule.ack.deadline();
     Clockwork {

@@ -44,6 +44,19 @@ pub struct RoundRow {
     pub fanned_out_at: Option<i64>,
 }
 
+impl RoundRow {
+    /// The departments the round was planned, queued or fired for, if it
+    /// names them (`departments`, comma-separated).
+    pub fn listed_departments(&self) -> Option<Vec<String>> {
+        self.departments.as_deref().map(|d| {
+            d.split(',')
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+    }
+}
+
 /// A round to be written: planned at load, or ad hoc.
 /// An exercise as `exercise load` stores it.
 #[derive(Debug, Clone, Copy)]
