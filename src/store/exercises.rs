@@ -18,6 +18,15 @@ pub enum LoadResult {
 const EXERCISE_COLUMNS: &str = "id, title, schedule_json, schedule_digest, plan_json, roster_version, state, loaded_at, started_at, authorised_by, ended_at";
 const ROUND_COLUMNS: &str = "id, exercise_id, label, slot, planned_at, fired_at, closed_at, state, state_reason, roster_version, departments, fanned_out_at";
 
+/// [`ROUND_COLUMNS`] of the rounds table under `alias` in a join.
+fn round_columns_of(alias: &str) -> String {
+    ROUND_COLUMNS
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Store {
     /// Stores an exercise and its planned rounds. Loading the same file again
     /// changes nothing; a changed file replaces a plan that has not started,
@@ -150,11 +159,7 @@ impl Store {
             "SELECT {} FROM rounds r JOIN exercises e ON e.id = r.exercise_id \
              WHERE e.state = 'running' AND r.state = 'fired' AND r.fired_at IS NOT NULL AND r.fanned_out_at IS NULL \
              ORDER BY r.id",
-            ROUND_COLUMNS
-                .split(", ")
-                .map(|c| format!("r.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            round_columns_of("r")
         );
         Ok(on_db!(self, |p| sqlx::query_as(sqlx::AssertSqlSafe(q))
             .fetch_all(p)
@@ -176,11 +181,7 @@ impl Store {
             "SELECT {} FROM rounds r JOIN exercises e ON e.id = r.exercise_id \
              WHERE e.state = 'running' AND r.state IN ('planned', 'queued') AND r.planned_at <= $1 \
              ORDER BY r.planned_at, r.id",
-            ROUND_COLUMNS
-                .split(", ")
-                .map(|c| format!("r.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            round_columns_of("r")
         );
         Ok(on_db!(self, |p| sqlx::query_as(sqlx::AssertSqlSafe(q))
             .bind(ms(now))

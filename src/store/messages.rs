@@ -551,6 +551,24 @@ impl Store {
         clock: Clockwork,
         notifications: &[NewNotification],
     ) -> Result<bool> {
+        let fired = self
+            .fire_round_claiming(round_id, roster_version, clock, notifications, None)
+            .await?;
+        Ok(fired.is_some())
+    }
+
+    /// Fires a round in one part as [`Store::fire_round`] does; with
+    /// `claim`, its messages are written claimed and come back, as
+    /// [`Store::fire_round_part`] says. Returns `None` if the round had
+    /// already fired.
+    pub async fn fire_round_claiming(
+        &self,
+        round_id: i64,
+        roster_version: i64,
+        clock: Clockwork,
+        notifications: &[NewNotification],
+        claim: Option<&FanoutClaim<'_>>,
+    ) -> Result<Option<Vec<ClaimedMessage>>> {
         let departments: Vec<&str> = notifications
             .iter()
             .map(|n| n.department.as_str())
@@ -563,10 +581,8 @@ impl Store {
             last: true,
             round_messages: message_count(notifications),
         };
-        let fired = self
-            .fire_round_part(roster_version, &departments.join(","), &part, None)
-            .await?;
-        Ok(fired.is_some())
+        self.fire_round_part(roster_version, &departments.join(","), &part, claim)
+            .await
     }
 
     /// Writes the first part of a round's fan-out: marks the round fired at

@@ -22,34 +22,6 @@ use rollcall::yaml::Problems;
 
 use crate::support;
 
-/// Fires a round in one part, its messages claimed with `claim`; `None` if
-/// it had fired.
-async fn fire_claiming(
-    store: &Store,
-    round_id: i64,
-    roster_version: i64,
-    clock: Clockwork,
-    notifications: &[NewNotification],
-    claim: &FanoutClaim<'_>,
-) -> Option<Vec<ClaimedMessage>> {
-    let departments: Vec<&str> = notifications
-        .iter()
-        .map(|n| n.department.as_str())
-        .collect();
-    let part = FanoutPart {
-        round_id,
-        clock,
-        now: clock.fired_at,
-        notifications,
-        last: true,
-        round_messages: message_count(notifications),
-    };
-    store
-        .fire_round_part(roster_version, &departments.join(","), &part, Some(claim))
-        .await
-        .unwrap()
-}
-
 /// Runs one body per backend: `<body>::sqlite` and `<body>::postgres`.
 macro_rules! on_both_backends {
     ($($body:ident),* $(,)?) => {$(
@@ -3250,8 +3222,10 @@ async fn a_fan_out_can_write_its_messages_already_claimed_for_one_worker(store: 
         worker: "w1",
         until,
     };
-    let claimed = fire_claiming(store, r.id, v, c, &depts, &claim)
+    let claimed = store
+        .fire_round_claiming(r.id, v, c, &depts, Some(&claim))
         .await
+        .unwrap()
         .expect("the round fires");
 
     // What could go now comes back claimed, with what to send; the SMS to
@@ -3332,8 +3306,10 @@ async fn a_fan_out_can_write_its_messages_already_claimed_for_one_worker(store: 
     assert_eq!(ids(&retaken), ids(&claimed));
     assert!(retaken.iter().all(|m| m.attempts == 2));
     assert!(
-        fire_claiming(store, r.id, v, c, &depts, &claim)
+        store
+            .fire_round_claiming(r.id, v, c, &depts, Some(&claim))
             .await
+            .unwrap()
             .is_none(),
         "a round fires once"
     );
