@@ -490,6 +490,22 @@ impl Night {
         .unwrap()
     }
 
+    /// Every SMS, after checking each was accepted on its first attempt and
+    /// the provider (`seen`) received each once.
+    async fn each_sms_accepted_once(
+        &self,
+        seen: &Mutex<Vec<String>>,
+    ) -> Vec<(String, Option<String>, i64, Option<i64>, Option<i64>)> {
+        let sms = self.sms().await;
+        assert!(
+            sms.iter()
+                .all(|(state, _, attempts, ..)| state == "accepted" && *attempts == 1),
+            "{sms:?}"
+        );
+        assert_eq!(seen.lock().unwrap().len(), sms.len(), "each SMS once");
+        sms
+    }
+
     /// The departments the round fired for.
     async fn fired_for(&self) -> Vec<serde_json::Value> {
         let fired = self.events("round.fired").await;
@@ -515,14 +531,8 @@ async fn a_round_written_in_parts_goes_out_whole_in_the_step_that_fires_it() {
         "every department written, the fan-out complete"
     );
     // One step sent every part's SMS, each once, without claiming any again.
-    let sms = night.sms().await;
+    let sms = night.each_sms_accepted_once(&seen).await;
     assert!(sms.len() >= departments.len(), "{sms:?}");
-    assert!(
-        sms.iter()
-            .all(|(state, _, attempts, ..)| state == "accepted" && *attempts == 1),
-        "{sms:?}"
-    );
-    assert_eq!(seen.lock().unwrap().len(), sms.len(), "each SMS once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -592,13 +602,7 @@ async fn a_fan_out_interrupted_part_way_is_completed_with_its_own_t0_by_the_next
             .unwrap();
     assert_eq!(instants.len(), 1, "{instants:?}");
     assert_eq!(instants[0].0, t0);
-    let sms = night.sms().await;
-    assert!(
-        sms.iter()
-            .all(|(state, _, attempts, ..)| state == "accepted" && *attempts == 1),
-        "{sms:?}"
-    );
-    assert_eq!(seen.lock().unwrap().len(), sms.len(), "each SMS once");
+    night.each_sms_accepted_once(&seen).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
